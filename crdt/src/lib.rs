@@ -1,0 +1,18 @@
+//! beamclaw-crdt: the session document and its durable store.
+//!
+//! Owns: `SessionDoc` (one Automerge document set per session: a manifest with the metadata map,
+//! and segments of messages), its sync with peers, and `Store` (redb: incremental chunks,
+//! snapshots, the session index, per-peer sync states, group commit).
+//! Must not know: sockets, tokio, providers, the mesh, the OpenClaw wire.
+
+pub mod types;
+
+pub use types::{
+    Chunk, HeadsDigest, IndexEntry, OwnerRecord, PartId, SESSION_KEY_BYTES_MAX, SessionKey,
+    SessionKeyError,
+};
+pub mod message;
+
+pub use message::{
+    ContentPart, MESSAGE_BODY_BYTES_MAX, MESSAGE_ID_BYTES_MAX, Message, Role, StopReason, Usage,
+};

@@ -1,0 +1,3 @@
+fn main() {
+    println!("beamclaw {}", env!("CARGO_PKG_VERSION"));
+}
