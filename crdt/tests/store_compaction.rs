@@ -46,15 +46,20 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 fn chunks_over_the_threshold_become_one_snapshot_with_the_same_document() {
     let store = Store::open_in_memory(&options()).unwrap();
     let mut doc = AutoCommit::new();
-    for i in 0..10 {
-        doc.put(ROOT, format!("k{i}"), i).unwrap();
-        append(&store, &key(1), PartId::Manifest, doc.save_incremental());
-    }
-    wait_for("compaction", || store.load_chunks(&key(1)).unwrap().len() < 10);
+    let chunks = (0..10)
+        .map(|i| {
+            doc.put(ROOT, format!("k{i}"), i).unwrap();
+            Chunk { part: PartId::Manifest, bytes: doc.save_incremental() }
+        })
+        .collect();
+    // One batch of 10 chunks: over the threshold of 4 in one commit, so the idle writer folds
+    // all of them into the snapshot.
+    let op = WriteOp::AppendChunks { key: key(1), chunks };
+    store.commit(WriteBatch::new(vec![op])).unwrap();
+    wait_for("compaction", || store.load_chunks(&key(1)).unwrap().len() == 1);
     let chunks = store.load_chunks(&key(1)).unwrap();
-    assert!(chunks.len() <= 5, "{} chunks left after compaction", chunks.len());
-    // The first chunk is now a whole-document snapshot.
-    assert!(Automerge::load(&chunks[0].bytes).is_ok());
+    let snapshot = Automerge::load(&chunks[0].bytes).unwrap();
+    assert_eq!(snapshot.get_heads(), doc.get_heads());
     assert_eq!(load(&store, &key(1)).get_heads(), doc.get_heads());
 }
 
@@ -148,4 +153,30 @@ fn a_garbage_chunk_found_by_compaction_quarantines_only_its_session() {
     store.commit(WriteBatch::new(vec![WriteOp::DeleteSession { key: key(4) }])).unwrap();
     assert_eq!(store.quarantine_record(&key(4)).unwrap(), None);
     assert!(store.load_chunks(&key(4)).unwrap().is_empty());
+}
+
+#[test]
+fn a_part_left_over_the_threshold_by_a_restart_is_compacted_on_its_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = AutoCommit::new();
+    // With compaction effectively off, 10 chunks pile up.
+    let off = StoreOptions { compact_chunks_max: u64::MAX, ..StoreOptions::default() };
+    let store = Store::open(dir.path(), &off).unwrap();
+    for i in 0..10 {
+        doc.put(ROOT, format!("k{i}"), i).unwrap();
+        append(&store, &key(6), PartId::Manifest, doc.save_incremental());
+    }
+    store.shutdown().unwrap();
+
+    let store = Store::open(dir.path(), &options()).unwrap();
+    assert_eq!(store.load_chunks(&key(6)).unwrap().len(), 10);
+    doc.put(ROOT, "after-restart", 1).unwrap();
+    append(&store, &key(6), PartId::Manifest, doc.save_incremental());
+    wait_for("compaction after restart", || store.load_chunks(&key(6)).unwrap().len() == 1);
+    assert_eq!(load(&store, &key(6)).get_heads(), doc.get_heads());
+    store.shutdown().unwrap();
+
+    // The compaction (committed without fsync) was made durable by the shutdown.
+    let store = Store::open(dir.path(), &options()).unwrap();
+    assert_eq!(store.load_chunks(&key(6)).unwrap().len(), 1);
 }

@@ -29,7 +29,7 @@ impl CompactThreshold {
     }
 }
 
-/// A part whose chunks crossed the [`CompactThreshold`] in this transaction.
+/// A part whose chunks are over the [`CompactThreshold`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PartRef {
     pub(crate) key: String,
@@ -103,14 +103,13 @@ impl<'txn> WriteTables<'txn> {
             self.chunks
                 .insert((key, part.as_slice(), state.next_seq), chunk.bytes.as_slice())
                 .map_err(StoreError::db)?;
-            let crossed_before = threshold.exceeded_by(state);
             state.next_seq += 1;
             state.chunk_count += 1;
             state.chunk_bytes += chunk.bytes.len() as u64;
             self.parts.insert((key, part.as_slice()), state.to_row()).map_err(StoreError::db)?;
-            // Report a part once, when it crosses the threshold; the writer remembers it until
-            // compacted, and after a restart the next append past the threshold reports it again.
-            if threshold.exceeded_by(state) && !crossed_before {
+            // Reported on every append while over the threshold (the writer keeps each part
+            // once): a part left over it by a crash is picked up by its next append.
+            if threshold.exceeded_by(state) {
                 compact.push(PartRef { key: key.to_owned(), part });
             }
         }
