@@ -16,3 +16,10 @@ pub mod message;
 pub use message::{
     ContentPart, MESSAGE_BODY_BYTES_MAX, MESSAGE_ID_BYTES_MAX, Message, Role, StopReason, Usage,
 };
+
+pub mod doc;
+
+pub use doc::{
+    AppendOutcome, ApplyOutcome, ArchiveEntry, DocError, FieldPatch, HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX, MetaPatch, PeerSyncState, SEGMENT_BYTES_MAX, SEGMENT_MESSAGES_MAX,
+    SYNC_MESSAGE_BYTES_MAX, SegmentLimits, SessionDoc, SessionMeta, SyncMessage, writer_actor,

@@ -1,0 +1,319 @@
+//! One Automerge document of a session (the manifest or a segment): its deterministic genesis,
+//! its writer actor, and the bookkeeping of what has been handed out as chunks.
+//!
+//! Genesis rule: the first change of every part is made by a fixed actor derived from the part's
+//! identity, with timestamp 0, and holds only the empty structure. Two replicas that create the
+//! same part independently therefore produce the byte-identical first change, and Automerge sees
+//! one root structure instead of two conflicting ones (which would hide one side's messages).
+
+use super::error::DocError;
+use super::{FORMAT_VERSION, GENESIS_ACTOR_BYTES, WRITER_ACTOR_BYTES_MAX, WRITER_ACTOR_BYTES_MIN};
+use crate::types::{PartId, SessionKey};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, LoadOptions, ObjType, OnPartialLoad, ROOT,
+    ScalarValue, VerificationMode,
+};
+
+/// Root key of the format version (a uint) in every part.
+pub(crate) const KEY_VERSION: &str = "v";
+/// Root key of the messages list in a segment.
+pub(crate) const KEY_MESSAGES: &str = "messages";
+/// Root key of the metadata map in the manifest.
+pub(crate) const KEY_META: &str = "meta";
+/// Root key of the archives list in the manifest.
+pub(crate) const KEY_ARCHIVES: &str = "archives";
+
+/// Metadata fields that are Automerge counters. They are created at genesis so that every replica
+/// increments the same counter object: a counter created independently on two replicas would be
+/// two conflicting values, and one side's increments would be hidden.
+pub(crate) const COUNTER_FIELDS: [&str; 4] =
+    ["inputTokens", "outputTokens", "totalTokens", "compactionCount"];
+
+/// Automerge's storage framing: every chunk is `MAGIC_BYTES`, a checksum, a type byte, the
+/// LEB128 length of the data, then the data.
+const MAGIC_BYTES: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHECKSUM_BYTES: usize = 4;
+const CHUNK_TYPE_DOCUMENT: u8 = 0;
+const CHUNK_TYPE_CHANGE: u8 = 1;
+const CHUNK_TYPE_COMPRESSED: u8 = 2;
+/// Longest LEB128 encoding of a u64.
+const LEB128_BYTES_MAX: usize = 10;
+
+/// Splits the first Automerge chunk off `bytes`: (type, the whole chunk, the rest).
+fn split_chunk(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), &'static str> {
+    let header = MAGIC_BYTES.len() + CHECKSUM_BYTES;
+    if bytes.len() < header + 2 {
+        return Err("truncated chunk header");
+    }
+    if bytes[..MAGIC_BYTES.len()] != MAGIC_BYTES {
+        return Err("not an Automerge chunk (bad magic bytes)");
+    }
+    let kind = bytes[header];
+    let mut len: u64 = 0;
+    let mut at = header + 1;
+    for shift in 0..LEB128_BYTES_MAX {
+        let Some(&byte) = bytes.get(at) else {
+            return Err("truncated chunk length");
+        };
+        at += 1;
+        len |= u64::from(byte & 0x7f) << (7 * shift);
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if shift + 1 == LEB128_BYTES_MAX {
+            return Err("chunk length does not fit in 64 bits");
+        }
+    }
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| at.checked_add(len))
+        .filter(|end| *end <= bytes.len())
+        .ok_or("truncated chunk data")?;
+    Ok((kind, &bytes[..end], &bytes[end..]))
+}
+
+/// Checks the writer actor the caller passes. Writer actors are longer than genesis actors, so a
+/// writer can never impersonate the genesis of a part.
+pub(crate) fn writer_actor_id(actor: &[u8]) -> Result<ActorId, DocError> {
+    if !(WRITER_ACTOR_BYTES_MIN..=WRITER_ACTOR_BYTES_MAX).contains(&actor.len()) {
+        return Err(DocError::ActorLength { len: actor.len() });
+    }
+    Ok(ActorId::from(actor))
+}
+
+/// The fixed actor of a part's first change: blake3 of the part identity, truncated.
+fn genesis_actor(key: &SessionKey, part: &PartId) -> ActorId {
+    let mut hasher = blake3::Hasher::new();
+    match part {
+        PartId::Manifest => {
+            hasher.update(b"beamclaw/genesis/manifest\0");
+            hasher.update(key.as_str().as_bytes());
+        }
+        PartId::Segment { session_id, index } => {
+            hasher.update(b"beamclaw/genesis/segment\0");
+            hasher.update(session_id.as_bytes());
+            hasher.update(b"\0");
+            hasher.update(&index.to_le_bytes());
+        }
+    }
+    let hash = hasher.finalize();
+    ActorId::from(&hash.as_bytes()[..GENESIS_ACTOR_BYTES])
+}
+
+/// An Automerge document plus the heads that were last handed out as chunks.
+#[derive(Debug)]
+pub(crate) struct Part {
+    pub(crate) doc: AutoCommit,
+    /// Heads covered by the chunks already returned from `take_chunk`/`snapshot` (or loaded).
+    saved_heads: Vec<ChangeHash>,
+}
+
+impl Part {
+    /// A part holding only its genesis change, switched to `writer` for everything after.
+    pub(crate) fn genesis(
+        key: &SessionKey,
+        part: &PartId,
+        writer: &ActorId,
+    ) -> Result<Part, DocError> {
+        let mut doc = AutoCommit::new().with_actor(genesis_actor(key, part));
+        let wrap = DocError::automerge(part);
+        (|| {
+            doc.put(ROOT, KEY_VERSION, FORMAT_VERSION)?;
+            match part {
+                PartId::Manifest => {
+                    let meta = doc.put_object(ROOT, KEY_META, ObjType::Map)?;
+                    for field in COUNTER_FIELDS {
+                        doc.put(&meta, field, ScalarValue::counter(0))?;
+                    }
+                    doc.put_object(ROOT, KEY_ARCHIVES, ObjType::List)?;
+                }
+                PartId::Segment { .. } => {
+                    doc.put_object(ROOT, KEY_MESSAGES, ObjType::List)?;
+                }
+            }
+            Ok(())
+        })()
+        .map_err(wrap)?;
+        doc.commit_with(CommitOptions::default().with_time(0));
+        doc.set_actor(writer.clone());
+        Ok(Part { doc, saved_heads: Vec::new() })
+    }
+
+    /// Runs `f` as one Automerge change: committed when it succeeds, rolled back when it fails,
+    /// so that a failed write never leaves half a message behind.
+    pub(crate) fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&mut AutoCommit) -> Result<T, DocError>,
+    ) -> Result<T, DocError> {
+        match f(&mut self.doc) {
+            Ok(value) => {
+                self.doc.commit();
+                Ok(value)
+            }
+            Err(error) => {
+                self.doc.rollback();
+                Err(error)
+            }
+        }
+    }
+
+    pub(crate) fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Applies Automerge bytes (a `save()` or incremental changes). Returns whether the document
+    /// changed; changes whose dependencies are missing are queued by Automerge.
+    ///
+    /// Stricter than Automerge's `load_incremental`, which skips a chunk that fails to parse or
+    /// to match its checksum and loads the rest: here any such chunk is an error naming the part,
+    /// so a truncated or bit-flipped chunk on disk is never silently half-loaded.
+    pub(crate) fn apply(&mut self, part: &PartId, bytes: &[u8]) -> Result<bool, DocError> {
+        let decode = |reason: String| DocError::ChunkDecode { part: part.clone(), reason };
+        let before = self.doc.get_heads();
+        let mut changes = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (kind, piece, after) = split_chunk(rest).map_err(|r| decode(r.to_owned()))?;
+            rest = after;
+            match kind {
+                CHUNK_TYPE_DOCUMENT => {
+                    self.apply_changes(part, std::mem::take(&mut changes))?;
+                    let options = LoadOptions::new()
+                        .on_partial_load(OnPartialLoad::Error)
+                        .verification_mode(VerificationMode::Check);
+                    let loaded = AutoCommit::load_with_options(piece, options)
+                        .map_err(|e| decode(e.to_string()))?;
+                    self.absorb(part, loaded)?;
+                }
+                CHUNK_TYPE_CHANGE | CHUNK_TYPE_COMPRESSED => {
+                    let change = Change::try_from(piece).map_err(|e| decode(e.to_string()))?;
+                    // The checksum is the first bytes of the change hash; Automerge's incremental
+                    // loader does not report a mismatch, so check it here.
+                    if change.hash().0[..CHECKSUM_BYTES]
+                        != piece[MAGIC_BYTES.len()..][..CHECKSUM_BYTES]
+                    {
+                        return Err(decode("checksum mismatch".into()));
+                    }
+                    changes.push(change);
+                }
+                other => return Err(decode(format!("unexpected chunk type {other}"))),
+            }
+        }
+        self.apply_changes(part, changes)?;
+        Ok(self.doc.get_heads() != before)
+    }
+
+    fn apply_changes(&mut self, part: &PartId, changes: Vec<Change>) -> Result<(), DocError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.doc.apply_changes(changes).map_err(DocError::automerge(part))
+    }
+
+    /// Takes in a whole document loaded from a snapshot: it replaces ours when it already holds
+    /// everything we have (the usual case when loading: genesis, then the snapshot), else the
+    /// two are merged.
+    fn absorb(&mut self, part: &PartId, mut loaded: AutoCommit) -> Result<(), DocError> {
+        let ours = self.doc.get_heads();
+        let nothing_queued = self.doc.get_missing_deps(&[]).is_empty();
+        if nothing_queued && ours.iter().all(|head| loaded.get_change_meta_by_hash(head).is_some())
+        {
+            loaded.set_actor(self.doc.get_actor().clone());
+            self.doc = loaded;
+            Ok(())
+        } else {
+            self.doc.merge(&mut loaded).map(|_| ()).map_err(DocError::automerge(part))
+        }
+    }
+
+    /// Whether Automerge holds changes of this part whose dependencies have not arrived.
+    pub(crate) fn waiting_for_dependencies(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
+    /// The changes made since the last chunk was taken, or `None` when there are none.
+    pub(crate) fn take_chunk(&mut self) -> Option<Vec<u8>> {
+        let heads = self.doc.get_heads();
+        if heads == self.saved_heads {
+            return None;
+        }
+        let bytes = self.doc.save_after(&self.saved_heads);
+        self.saved_heads = heads;
+        if bytes.is_empty() { None } else { Some(bytes) }
+    }
+
+    /// The whole part, compacted; everything up to now counts as handed out.
+    pub(crate) fn snapshot(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save();
+        self.saved_heads = self.doc.get_heads();
+        bytes
+    }
+
+    /// Marks the current state as already persisted (after a load from chunks).
+    pub(crate) fn mark_saved(&mut self) {
+        self.saved_heads = self.doc.get_heads();
+    }
+}
+
+/// Reads a string scalar.
+pub(crate) fn scalar_str(value: &automerge::Value<'_>) -> Option<String> {
+    match value {
+        automerge::Value::Scalar(s) => s.as_str().map(str::to_owned),
+        automerge::Value::Object(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SessionKey {
+        SessionKey::new("agent:main:main").unwrap()
+    }
+
+    #[test]
+    fn genesis_is_byte_identical_whoever_creates_it() {
+        let part = PartId::Segment { session_id: "s1".into(), index: 3 };
+        let mut a = Part::genesis(&key(), &part, &ActorId::from([1u8; 16].as_slice())).unwrap();
+        let mut b = Part::genesis(&key(), &part, &ActorId::from([2u8; 16].as_slice())).unwrap();
+        assert_eq!(a.take_chunk(), b.take_chunk());
+        assert_eq!(a.heads(), b.heads());
+    }
+
+    #[test]
+    fn genesis_differs_between_parts() {
+        let writer = ActorId::from([1u8; 16].as_slice());
+        let mut a =
+            Part::genesis(&key(), &PartId::Segment { session_id: "s".into(), index: 0 }, &writer)
+                .unwrap();
+        let mut b =
+            Part::genesis(&key(), &PartId::Segment { session_id: "s".into(), index: 1 }, &writer)
+                .unwrap();
+        assert_ne!(a.heads(), b.heads());
+    }
+
+    #[test]
+    fn writer_actor_must_be_longer_than_genesis_actor() {
+        assert!(matches!(
+            writer_actor_id(&[0; GENESIS_ACTOR_BYTES]),
+            Err(DocError::ActorLength { len: 4 })
+        ));
+        assert!(writer_actor_id(&[0; 16]).is_ok());
+        assert!(matches!(writer_actor_id(&[0; 33]), Err(DocError::ActorLength { len: 33 })));
+    }
+
+    #[test]
+    fn take_chunk_returns_each_change_once() {
+        let writer = ActorId::from([1u8; 16].as_slice());
+        let mut part = Part::genesis(&key(), &PartId::Manifest, &writer).unwrap();
+        assert!(part.take_chunk().is_some());
+        assert!(part.take_chunk().is_none());
+        part.doc.put(ROOT, "x", 1).unwrap();
+        part.doc.commit();
+        let chunk = part.take_chunk().unwrap();
+        let mut other = Part::genesis(&key(), &PartId::Manifest, &writer).unwrap();
+        assert!(other.apply(&PartId::Manifest, &chunk).unwrap());
+        assert_eq!(other.heads(), part.heads());
+    }
+}

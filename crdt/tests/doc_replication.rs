@@ -1,0 +1,381 @@
+//! The session document across replicas: deterministic genesis, concurrent appends and
+//! duplicates, chunk pushes, the sync protocol and its size limits, and per-message bytes.
+
+// Helpers outside #[test] functions unwrap too: in a test, a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use beamclaw_crdt::{
+    Chunk, DocError, MESSAGE_BODY_BYTES_MAX, Message, PartId, PeerSyncState, Role,
+    SYNC_MESSAGE_BYTES_MAX, SegmentLimits, SessionDoc, SessionKey, SyncMessage, Usage,
+    writer_actor,
+};
+
+fn key() -> SessionKey {
+    SessionKey::new("agent:main:main").unwrap()
+}
+
+fn replica(node: &str, session_id: &str) -> SessionDoc {
+    SessionDoc::create(key(), "main", session_id, &writer_actor(node, 1), 1_000).unwrap()
+}
+
+fn user(id: &str, text: &str) -> Message {
+    Message::user_text(id, text, 1_700_000_000_000)
+}
+
+fn ids(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(|m| m.id.clone()).collect()
+}
+
+fn push(from: &mut SessionDoc, to: &mut SessionDoc) {
+    for chunk in from.take_chunks() {
+        to.apply_chunk(&chunk).unwrap();
+    }
+}
+
+/// Runs the sync protocol between two replicas until neither has anything to send; returns the
+/// number of bytes exchanged.
+fn sync_pair(
+    a: &mut SessionDoc,
+    a_state: &mut PeerSyncState,
+    b: &mut SessionDoc,
+    b_state: &mut PeerSyncState,
+) -> usize {
+    let mut bytes = 0;
+    for _round in 0..100 {
+        let a_to_b = a.generate_sync_message(a_state).unwrap();
+        if let Some(message) = &a_to_b {
+            bytes += message.wire_bytes();
+            b.receive_sync_message(b_state, message).unwrap();
+        }
+        let b_to_a = b.generate_sync_message(b_state).unwrap();
+        if let Some(message) = &b_to_a {
+            bytes += message.wire_bytes();
+            a.receive_sync_message(a_state, message).unwrap();
+        }
+        if a_to_b.is_none() && b_to_a.is_none() {
+            return bytes;
+        }
+    }
+    panic!("sync did not terminate in 100 rounds");
+}
+
+fn full_sync(a: &mut SessionDoc, b: &mut SessionDoc) -> usize {
+    sync_pair(a, &mut PeerSyncState::new(), b, &mut PeerSyncState::new())
+}
+
+#[test]
+fn replicas_that_create_the_same_session_independently_keep_both_messages() {
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    a.append(&user("from-a", "hello from a")).unwrap();
+    b.append(&user("from-b", "hello from b")).unwrap();
+    let a_chunks = a.take_chunks();
+    let b_chunks = b.take_chunks();
+    for chunk in &b_chunks {
+        a.apply_chunk(chunk).unwrap();
+    }
+    for chunk in &a_chunks {
+        b.apply_chunk(chunk).unwrap();
+    }
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    assert_eq!(a.message_count(), 2);
+    let history = a.history(10, None).unwrap();
+    assert_eq!(history, b.history(10, None).unwrap());
+    let mut shown = ids(&history);
+    shown.sort();
+    assert_eq!(shown, ["from-a", "from-b"]);
+}
+
+#[test]
+fn replicas_that_roll_over_independently_share_the_new_segment() {
+    let limits = SegmentLimits { messages_max: 2, bytes_max: 1 << 20 };
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    a.set_segment_limits(limits);
+    b.set_segment_limits(limits);
+    a.append(&user("m0", "x")).unwrap();
+    a.append(&user("m1", "x")).unwrap();
+    push(&mut a, &mut b);
+    // Partition: both fill segment 0 and roll over to segment 1 on their own.
+    a.append(&user("a2", "x")).unwrap();
+    b.append(&user("b2", "x")).unwrap();
+    // The manifest, segment 0 and segment 1.
+    assert_eq!(a.part_heads().len(), 3);
+    assert_eq!(b.part_heads().len(), 3);
+    full_sync(&mut a, &mut b);
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    assert_eq!(a.part_heads().len(), 3, "one segment 1, not two");
+    assert_eq!(a.message_count(), 4);
+    assert_eq!(a.history(10, None).unwrap(), b.history(10, None).unwrap());
+}
+
+#[test]
+fn concurrent_creates_with_different_session_ids_hide_nothing() {
+    let mut a = replica("node-a", "sa");
+    let mut b = replica("node-b", "sb");
+    a.append(&user("a1", "x")).unwrap();
+    b.append(&user("b1", "x")).unwrap();
+    full_sync(&mut a, &mut b);
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    assert_eq!(a.session_id(), b.session_id());
+    let (current, other) = if a.session_id() == "sa" { ("sa", "sb") } else { ("sb", "sa") };
+    assert_eq!(a.message_count(), 1);
+    let archives = a.archives().unwrap();
+    assert_eq!(archives.len(), 1);
+    assert_eq!(archives[0].session_id, other);
+    assert_eq!(archives[0].reason, beamclaw_crdt::doc::ARCHIVE_REASON_CONCURRENT);
+    assert_eq!(a.archived_history(other, 10, None).unwrap().len(), 1);
+    assert_eq!(a.history(10, None).unwrap()[0].id, if current == "sa" { "a1" } else { "b1" });
+}
+
+#[test]
+fn the_same_id_appended_on_two_replicas_is_shown_once_preferring_the_final() {
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    a.append(&user("u1", "q")).unwrap();
+    full_sync(&mut a, &mut b);
+    let mut checkpoint = Message::text("r1", Role::Assistant, "partial", 2);
+    checkpoint.partial = true;
+    checkpoint.reply_to = vec!["u1".into()];
+    let mut last = Message::text("r1", Role::Assistant, "final", 3);
+    last.reply_to = vec!["u1".into()];
+    a.append(&checkpoint).unwrap();
+    b.append(&last).unwrap();
+    full_sync(&mut a, &mut b);
+    for doc in [&mut a, &mut b] {
+        assert_eq!(doc.message_count(), 2);
+        let history = doc.history(10, None).unwrap();
+        assert_eq!(ids(&history), ["u1", "r1"]);
+        assert_eq!(history[1].text_content(), "final");
+        assert!(doc.unanswered_user_messages().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn the_same_idempotency_key_on_two_replicas_resolves_to_one_message() {
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    full_sync(&mut a, &mut b);
+    let mut ma = user("ua", "q");
+    ma.idempotency_key = Some("k".into());
+    let mut mb = user("ub", "q");
+    mb.idempotency_key = Some("k".into());
+    a.append(&ma).unwrap();
+    b.append(&mb).unwrap();
+    full_sync(&mut a, &mut b);
+    let found = a.find_by_idempotency_key("k").map(str::to_owned);
+    assert!(found.is_some());
+    assert_eq!(found.as_deref(), b.find_by_idempotency_key("k"));
+    assert_eq!(found.as_deref(), Some(a.history(10, None).unwrap()[0].id.as_str()));
+}
+
+#[test]
+fn concurrent_usage_on_two_replicas_adds_up() {
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    let usage = Usage { input: 10, output: 1, cache_read: 0, cache_write: 0 };
+    a.add_usage(&usage).unwrap();
+    b.add_usage(&usage).unwrap();
+    b.add_usage(&usage).unwrap();
+    full_sync(&mut a, &mut b);
+    assert_eq!(a.meta().unwrap().input_tokens, 30);
+    assert_eq!(b.meta().unwrap().total_tokens, 33);
+}
+
+#[test]
+fn a_chunk_before_its_dependency_waits_then_applies() {
+    let mut a = replica("node-a", "s1");
+    let mut b = SessionDoc::load(&key(), &writer_actor("node-b", 1), a.take_chunks()).unwrap();
+    a.append(&user("m0", "x")).unwrap();
+    let first = a.take_chunks();
+    a.append(&user("m1", "x")).unwrap();
+    let second = a.take_chunks();
+    let outcome = b.apply_chunk(&second[0]).unwrap();
+    assert!(!outcome.changed && outcome.waiting_for_dependencies);
+    let outcome = b.apply_chunk(&first[0]).unwrap();
+    assert!(outcome.changed && !outcome.waiting_for_dependencies);
+    assert_eq!(ids(&b.history(10, None).unwrap()), ["m0", "m1"]);
+    let again = b.apply_chunk(&first[0]).unwrap();
+    assert!(!again.changed, "a duplicated chunk changes nothing");
+}
+
+#[test]
+fn sync_converges_after_a_partition_where_both_sides_appended() {
+    let limits = SegmentLimits { messages_max: 5, bytes_max: 1 << 20 };
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    a.set_segment_limits(limits);
+    b.set_segment_limits(limits);
+    let (mut a_state, mut b_state) = (PeerSyncState::new(), PeerSyncState::new());
+    for i in 0..7 {
+        a.append(&user(&format!("m{i}"), "x")).unwrap();
+    }
+    sync_pair(&mut a, &mut a_state, &mut b, &mut b_state);
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    for i in 0..6 {
+        a.append(&user(&format!("a{i}"), "x")).unwrap();
+        b.append(&user(&format!("b{i}"), "x")).unwrap();
+    }
+    b.reset("s2", "new", 9).unwrap();
+    b.append(&user("after-reset", "x")).unwrap();
+    sync_pair(&mut a, &mut a_state, &mut b, &mut b_state);
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    assert_eq!(a.session_id(), "s2");
+    assert_eq!(a.history(100, None).unwrap(), b.history(100, None).unwrap());
+    assert_eq!(a.archived_history("s1", 100, None).unwrap().len(), 19);
+    assert_eq!(
+        a.archived_history("s1", 100, None).unwrap(),
+        b.archived_history("s1", 100, None).unwrap()
+    );
+}
+
+#[test]
+fn persisted_sync_state_resumes_with_less_traffic() {
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    for i in 0..50 {
+        a.append(&user(&format!("m{i}"), "some text of a message")).unwrap();
+    }
+    let (mut a_state, mut b_state) = (PeerSyncState::new(), PeerSyncState::new());
+    sync_pair(&mut a, &mut a_state, &mut b, &mut b_state);
+    a.append(&user("late", "x")).unwrap();
+    let mut a_state = PeerSyncState::decode(&a_state.encode()).unwrap();
+    let mut b_state = PeerSyncState::decode(&b_state.encode()).unwrap();
+    let resumed = sync_pair(&mut a, &mut a_state, &mut b, &mut b_state);
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    let mut fresh_b = replica("node-b", "s1");
+    let fresh = full_sync(&mut a, &mut fresh_b);
+    assert!(resumed < fresh, "resumed {resumed} B, from scratch {fresh} B");
+    assert!(matches!(PeerSyncState::decode(&[9, 9]), Err(DocError::SyncStateDecode { .. })));
+    assert!(matches!(PeerSyncState::decode(&[]), Err(DocError::SyncStateDecode { .. })));
+}
+
+#[test]
+fn an_oversized_sync_message_is_refused() {
+    let mut a = replica("node-a", "s1");
+    let message = SyncMessage { parts: vec![(PartId::Manifest, vec![0; SYNC_MESSAGE_BYTES_MAX])] };
+    let err = a.receive_sync_message(&mut PeerSyncState::new(), &message).unwrap_err();
+    assert!(matches!(err, DocError::SyncMessageTooLarge { .. }), "{err}");
+}
+
+#[test]
+fn a_malformed_sync_message_names_its_part() {
+    let mut a = replica("node-a", "s1");
+    let part = PartId::Segment { session_id: "s1".into(), index: 4 };
+    let message = SyncMessage { parts: vec![(part, vec![0x42, 0xff, 0xff])] };
+    let err = a.receive_sync_message(&mut PeerSyncState::new(), &message).unwrap_err();
+    assert!(matches!(err, DocError::SyncMessageDecode { .. }), "{err}");
+    assert!(err.to_string().contains("segment s1#4"), "{err}");
+    let bad_id = PartId::Segment { session_id: "a/b".into(), index: 0 };
+    let chunk = Chunk { part: bad_id, bytes: vec![] };
+    assert!(matches!(a.apply_chunk(&chunk), Err(DocError::SessionId { .. })));
+}
+
+/// Text that does not compress (so that Automerge's DEFLATE cannot shrink the parts) and that
+/// JSON does not escape.
+fn noise(len: usize, seed: u64) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            char::from(ALPHABET[((state >> 33) % 64) as usize])
+        })
+        .collect()
+}
+
+#[test]
+fn sync_splits_parts_across_messages_under_the_size_limit() {
+    let mut a = replica("node-a", "s1");
+    let mut b = replica("node-b", "s1");
+    let text_bytes = MESSAGE_BODY_BYTES_MAX - 1024;
+    // Each message is larger than SEGMENT_BYTES_MAX, so each gets its own segment.
+    // 7 x 4 MiB of text that compresses to 6 bits a byte: about 21 MiB to send.
+    for i in 0..7 {
+        a.append(&user(&format!("big{i}"), &noise(text_bytes, i))).unwrap();
+    }
+    assert_eq!(a.part_heads().len(), 8);
+    let (mut a_state, mut b_state) = (PeerSyncState::new(), PeerSyncState::new());
+    let mut sizes = Vec::new();
+    for _round in 0..50 {
+        let a_to_b = a.generate_sync_message(&mut a_state).unwrap();
+        if let Some(message) = &a_to_b {
+            sizes.push(message.wire_bytes());
+            b.receive_sync_message(&mut b_state, message).unwrap();
+        }
+        let b_to_a = b.generate_sync_message(&mut b_state).unwrap();
+        if let Some(message) = &b_to_a {
+            a.receive_sync_message(&mut a_state, message).unwrap();
+        }
+        if a_to_b.is_none() && b_to_a.is_none() {
+            break;
+        }
+    }
+    assert_eq!(a.heads_digest(), b.heads_digest());
+    assert_eq!(b.message_count(), 7);
+    assert!(sizes.iter().all(|&s| s <= SYNC_MESSAGE_BYTES_MAX), "{sizes:?}");
+    let carrying_data = sizes.iter().filter(|&&s| s > 1 << 20).count();
+    assert!(carrying_data >= 2, "7 x 4 MiB must take more than one message: {sizes:?}");
+}
+
+/// A user message whose stored body (the compact JSON besides id, role and timestamp) is
+/// `body_bytes` long, with a UUID-sized id.
+fn message_with_body(i: usize, body_bytes: usize) -> Message {
+    const FRAMING_BYTES: usize = r#"{"content":[{"type":"text","text":""}]}"#.len();
+    let id = format!("{i:08}-0000-4000-8000-000000000000");
+    Message::user_text(
+        id,
+        noise(body_bytes - FRAMING_BYTES, i as u64),
+        1_700_000_000_000 + i as i64,
+    )
+}
+
+fn stored_body_bytes(message: &Message) -> usize {
+    serde_json::to_string(&serde_json::json!({"content": message.content})).unwrap().len()
+}
+
+#[test]
+fn per_message_chunk_and_sync_bytes_stay_within_150_plus_1_2_body() {
+    for body in [110, 300, 1000] {
+        let budget = 150.0 + 1.2 * body as f64;
+        let mut a = replica("node-a", "s1");
+        let mut b = replica("node-b", "s1");
+        let (mut a_state, mut b_state) = (PeerSyncState::new(), PeerSyncState::new());
+        for i in 0..20 {
+            a.append(&message_with_body(i, body)).unwrap();
+        }
+        push(&mut a, &mut b);
+        sync_pair(&mut a, &mut a_state, &mut b, &mut b_state);
+        a.take_chunks(); // b's own manifest change, received by the sync
+        let count = 100;
+        let (mut chunk_bytes, mut sync_bytes) = (0, 0);
+        for i in 20..20 + count {
+            let message = message_with_body(i, body);
+            assert_eq!(stored_body_bytes(&message), body);
+            a.append(&message).unwrap();
+            let chunks = a.take_chunks();
+            assert_eq!(chunks.len(), 1);
+            chunk_bytes += chunks[0].bytes.len();
+            sync_bytes += sync_pair(&mut a, &mut a_state, &mut b, &mut b_state);
+        }
+        assert_eq!(a.heads_digest(), b.heads_digest());
+        let per_chunk = chunk_bytes as f64 / count as f64;
+        assert!(per_chunk <= budget, "body {body}: {per_chunk} B per chunk > {budget}");
+        // A gap caught up by the sync protocol (anti-entropy after missed pushes). The gap is
+        // under a third of the part: above that Automerge sends the whole part instead.
+        let mut c = replica("node-c", "s1");
+        let (mut ac_state, mut c_state) = (PeerSyncState::new(), PeerSyncState::new());
+        sync_pair(&mut a, &mut ac_state, &mut c, &mut c_state);
+        let gap = 40;
+        for i in 200..200 + gap {
+            a.append(&message_with_body(i, body)).unwrap();
+        }
+        let batch = sync_pair(&mut a, &mut ac_state, &mut c, &mut c_state) as f64 / gap as f64;
+        assert!(batch <= budget, "body {body}: {batch} sync B per message > {budget}");
+        eprintln!(
+            "body {body} B: chunk {per_chunk:.1} B/msg, sync round per message {:.1} B/msg, \
+             sync of a {gap}-message gap {batch:.1} B/msg, budget {budget}",
+            sync_bytes as f64 / count as f64
+        );
+    }
+}
