@@ -1,0 +1,237 @@
+//! Agent runtime benchmark (a bench binary, `harness = false`):
+//!
+//! 1. Turns per second: session actors on one node run turns against an in-process mock LLM
+//!    (real loopback socket, Anthropic wire format, zero latency), many sessions at once.
+//! 2. Time to first token added by the runtime: submit -> first `AssistantDelta` event, compared
+//!    with a bare HTTP client's request -> first text delta on the same mock, one at a time.
+//!
+//! Run: `cargo bench -p beamclaw --bench runtime` (figures in docs/benchmarks.md).
+
+use beamclaw::agent::{MemorySessions, RuntimePorts, StartTurn, TurnEvents};
+use beamclaw::config::{EnvKeys, LoadedConfig, QueueMode, parse_str};
+use beamclaw::mock_llm;
+use beamclaw::provider::RetryPolicy;
+use beamclaw::runtime::AgentRuntime;
+use beamclaw::tools::ToolRegistry;
+use beamclaw_crdt::{Message, SessionKey};
+use beamclaw_mesh::core::turn::{RunRef, TurnEvent};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Sessions driven at once in the throughput run.
+const SESSIONS: usize = 128;
+/// Turns per session in the throughput run (each waits for the previous one).
+const TURNS_PER_SESSION: usize = 40;
+/// Turns run before measuring, to warm connections and caches.
+const WARMUP_TURNS: usize = 500;
+/// Samples of each kind in the time-to-first-token run.
+const TTFT_SAMPLES: usize = 2000;
+
+/// Signals the first delta and the end of each run.
+#[derive(Default)]
+struct Signals {
+    first: Mutex<HashMap<String, oneshot::Sender<Instant>>>,
+    done: Mutex<HashMap<String, oneshot::Sender<bool>>>,
+}
+
+impl TurnEvents for Signals {
+    fn emit(&self, run: &RunRef, event: TurnEvent) {
+        match &event {
+            TurnEvent::AssistantDelta { .. } => {
+                if let Some(tx) = self.first.lock().unwrap().remove(&run.run_id) {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+            e if e.is_terminal() => {
+                if let Some(tx) = self.done.lock().unwrap().remove(&run.run_id) {
+                    let _ = tx.send(matches!(e, TurnEvent::Final { .. }));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Bench {
+    runtime: AgentRuntime,
+    sessions: Arc<MemorySessions>,
+    signals: Arc<Signals>,
+    mock: std::net::SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+impl Bench {
+    async fn new() -> Self {
+        let mock = mock_llm::spawn(Vec::new()).await.unwrap();
+        let text = format!(
+            r#"{{ models: {{ providers: {{ mock: {{ baseUrl: "http://{mock}", apiKey: "k", api: "anthropic-messages" }} }} }},
+                 agents: {{ defaults: {{ model: "mock/bench" }} }},
+                 messages: {{ queue: {{ mode: "followup", debounceMs: 0 }} }} }}"#
+        );
+        let data = tempfile::tempdir().unwrap();
+        let loaded = LoadedConfig {
+            config: parse_str(&text, "bench", &|_| None).unwrap(),
+            data_dir: data.path().to_path_buf(),
+            file: None,
+            env_keys: EnvKeys::default(),
+        };
+        assert_eq!(loaded.queue_settings().mode, QueueMode::Followup);
+        let sessions = Arc::new(MemorySessions::new());
+        let signals = Arc::new(Signals::default());
+        let ports = RuntimePorts {
+            history: sessions.clone(),
+            output: sessions.clone(),
+            events: signals.clone(),
+            epochs: sessions.clone(),
+        };
+        let runtime = AgentRuntime::build(
+            &loaded,
+            ToolRegistry::new(),
+            ports,
+            "bench".into(),
+            None,
+            RetryPolicy::default(),
+        )
+        .unwrap();
+        Bench { runtime, sessions, signals, mock, _data: data }
+    }
+
+    /// Runs one turn; returns (submit time, first delta, success).
+    async fn turn(&self, session: &SessionKey, n: usize) -> (Instant, Instant, bool) {
+        let run_id = format!("{session}-{n}");
+        let message = Message::user_text(format!("u:{run_id}"), format!("hello number {n}"), 0);
+        self.sessions.append_user(session, std::slice::from_ref(&message));
+        let (first_tx, first_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        self.signals.first.lock().unwrap().insert(run_id.clone(), first_tx);
+        self.signals.done.lock().unwrap().insert(run_id.clone(), done_tx);
+        let started = Instant::now();
+        self.runtime
+            .actors
+            .submit(StartTurn {
+                session: session.clone(),
+                epoch: 0,
+                run_id,
+                messages: vec![message],
+            })
+            .unwrap();
+        let ok = done_rx.await.unwrap_or(false);
+        let first = first_rx.await.unwrap_or(started);
+        (started, first, ok)
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn throughput(bench: Arc<Bench>) {
+    let warm = SessionKey::new("agent:main:warmup").unwrap();
+    for n in 0..WARMUP_TURNS {
+        assert!(bench.turn(&warm, n).await.2);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..SESSIONS {
+        let bench = bench.clone();
+        tasks.push(tokio::spawn(async move {
+            let session = SessionKey::new(format!("agent:main:bench-{s}")).unwrap();
+            let mut ok = 0;
+            for n in 0..TURNS_PER_SESSION {
+                ok += usize::from(bench.turn(&session, n).await.2);
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = SESSIONS * TURNS_PER_SESSION;
+    assert_eq!(ok, total, "every turn must end with a final message");
+    println!(
+        "throughput: {total} turns ({SESSIONS} sessions x {TURNS_PER_SESSION}) in {:.2} s = {:.0} turns/s",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+/// Request -> first text delta with a bare HTTP client (no runtime).
+async fn direct_first_token(client: &reqwest::Client, url: &str, n: usize) -> Duration {
+    let body = serde_json::json!({
+        "model": "bench", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": format!("hello number {n}")}],
+    })
+    .to_string();
+    let started = Instant::now();
+    let mut response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-api-key", "k")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut first = None;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        seen.extend_from_slice(&chunk);
+        if first.is_none() && seen.windows(10).any(|w| w == b"text_delta") {
+            first = Some(started.elapsed());
+        }
+    }
+    first.expect("the mock streamed a text delta")
+}
+
+async fn added_ttft(bench: Arc<Bench>) {
+    let client = beamclaw::provider::http_client().unwrap();
+    let url = format!("http://{}/v1/messages", bench.mock);
+    let session = SessionKey::new("agent:main:ttft").unwrap();
+    let mut direct = Vec::with_capacity(TTFT_SAMPLES);
+    let mut runtime = Vec::with_capacity(TTFT_SAMPLES);
+    for n in 0..WARMUP_TURNS {
+        direct_first_token(&client, &url, n).await;
+    }
+    for n in 0..TTFT_SAMPLES {
+        direct.push(direct_first_token(&client, &url, n).await);
+        // A fresh session per sample keeps the history (and so the request) the same size.
+        let session = SessionKey::new(format!("{session}-{n}")).unwrap();
+        let (started, first, ok) = bench.turn(&session, n).await;
+        assert!(ok);
+        runtime.push(first - started);
+    }
+    direct.sort();
+    runtime.sort();
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let d = percentile(&direct, q);
+        let r = percentile(&runtime, q);
+        println!(
+            "time to first token {name}: direct {:.0} us, through the runtime {:.0} us, added {:.0} us",
+            us(d),
+            us(r),
+            us(r.saturating_sub(d))
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary too, without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("runtime bench: skipped (run with `cargo bench -p beamclaw --bench runtime`)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let bench = Arc::new(Bench::new().await);
+        throughput(bench.clone()).await;
+        added_ttft(bench).await;
+    });
+}

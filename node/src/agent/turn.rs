@@ -1,0 +1,700 @@
+//! One agent turn: history + the new user messages -> provider (streaming) -> tool calls -> tool
+//! results -> ... -> the final assistant message.
+//!
+//! Owns the tool-call loop (at most [`TOOL_ITERATIONS_MAX`] model calls per turn), abort and the
+//! per-turn timeout, epoch fencing before every provider call and tool run, steering (messages
+//! injected at a tool boundary), checkpoints of long partial output, and the messages a turn
+//! persists:
+//! - per tool round, the assistant message with its tool calls (`t:<run>:<round>`) and one
+//!   toolResult message per call (`t:<run>:<round>:<n>`);
+//! - the final assistant message `r:<run>` with usage, `run_id` and `reply_to`. Checkpoints use
+//!   the same id with `partial: true`, so the final message replaces them and a failed or aborted
+//!   turn leaves one message with what was streamed, never a duplicate.
+
+use super::ports::{PortError, RuntimePorts, StaleEpoch};
+use super::prompt::PromptBuilder;
+use crate::config::{ModelRef, ResolvedAgent};
+use crate::provider::{
+    MAX_TOKENS_DEFAULT, ModelRouter, ProviderError, ProviderEvent, ProviderRequest, RequestContext,
+};
+use crate::tools::{ToolContext, ToolOutput, ToolRegistry};
+use beamclaw_crdt::{
+    ContentPart, MESSAGE_BODY_BYTES_MAX, Message, Role, SessionKey, StopReason, Usage,
+};
+use beamclaw_mesh::core::turn::{RunRef, TurnEvent};
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Model calls per turn; a model still asking for tools after this many is stopped.
+pub const TOOL_ITERATIONS_MAX: usize = 24;
+/// Messages of history sent to the model.
+pub const HISTORY_MESSAGES_MAX: usize = 400;
+/// A checkpoint of partial output is written when this much time passed since the last one...
+pub const CHECKPOINT_INTERVAL_MS: u64 = 2_000;
+/// ...or when this many new bytes of text arrived since the last one.
+pub const CHECKPOINT_BYTES: usize = 4_096;
+/// Longest a single tool run may take (tools have their own, usually shorter, limits).
+pub const TOOL_RUN_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+/// Largest tool result kept, in bytes; longer output is cut with a note.
+pub const TOOL_RESULT_BYTES_MAX: usize = 256 * 1024;
+/// Largest tool-call arguments accepted from a model, in bytes.
+pub const TOOL_ARGS_BYTES_MAX: usize = 1024 * 1024;
+
+/// Start a turn for these user messages under (session, epoch): what the mesh core emits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartTurn {
+    pub session: SessionKey,
+    pub epoch: u64,
+    pub run_id: String,
+    /// The user messages this turn answers (already durable in the session).
+    pub messages: Vec<Message>,
+}
+
+impl StartTurn {
+    pub fn run_ref(&self) -> RunRef {
+        RunRef { session: self.session.clone(), run_id: self.run_id.clone(), epoch: self.epoch }
+    }
+}
+
+/// How a turn ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TurnOutcome {
+    Final { message: Box<Message>, stop_reason: StopReason, usage: Usage },
+    Aborted { partial_text: String },
+    Error { kind: String, message: String },
+}
+
+/// Messages that arrived while a turn runs, to be injected at its next tool boundary (queue
+/// mode `steer`). Whatever is left when the turn ends runs as a follow-up.
+pub type SteerInbox = Arc<Mutex<Vec<StartTurn>>>;
+
+/// A turn as the session actor hands it over: the turn, runs merged into it (queue mode
+/// `collect`, steering) that get the same ending, and a note about dropped queued messages.
+#[derive(Clone, Debug)]
+pub(crate) struct TurnJob {
+    pub(crate) turn: StartTurn,
+    pub(crate) absorbed: Vec<RunRef>,
+    pub(crate) note: Option<String>,
+}
+
+/// Runs turns. One per node, shared by every session actor.
+pub struct TurnRunner {
+    router: Arc<ModelRouter>,
+    tools: Arc<ToolRegistry>,
+    agents: BTreeMap<String, ResolvedAgent>,
+    default_agent: String,
+    ports: RuntimePorts,
+    node: String,
+    prompts: PromptBuilder,
+}
+
+enum Ending {
+    Final(StopReason),
+    Aborted,
+    Timeout,
+    Stale(StaleEpoch),
+    Provider(ProviderError),
+    Output(PortError),
+    TooManyIterations,
+}
+
+#[derive(Default)]
+struct PendingCall {
+    id: String,
+    name: String,
+    args: String,
+}
+
+/// What a turn has produced so far; kept outside the turn's future so that an abort or a
+/// timeout still knows the partial output.
+struct TurnState {
+    final_id: String,
+    context: Vec<Message>,
+    reply_to: Vec<String>,
+    absorbed: Vec<RunRef>,
+    model: Option<ModelRef>,
+    text: String,
+    thinking: String,
+    signature: String,
+    calls: BTreeMap<u32, PendingCall>,
+    response_usage: Usage,
+    usage: Usage,
+    stop: Option<StopReason>,
+    checkpoint_bytes: usize,
+    checkpoint_at: Instant,
+}
+
+impl TurnRunner {
+    pub fn new(
+        router: Arc<ModelRouter>,
+        tools: Arc<ToolRegistry>,
+        agents: Vec<ResolvedAgent>,
+        default_agent: String,
+        ports: RuntimePorts,
+        node: String,
+    ) -> Self {
+        TurnRunner {
+            router,
+            tools,
+            agents: agents.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            default_agent,
+            ports,
+            node,
+            prompts: PromptBuilder::new(),
+        }
+    }
+
+    pub fn ports(&self) -> &RuntimePorts {
+        &self.ports
+    }
+
+    pub fn router(&self) -> &Arc<ModelRouter> {
+        &self.router
+    }
+
+    /// The agent of a session key (`agent:<id>:...`), else the default agent.
+    pub fn agent_for(&self, session: &SessionKey) -> Option<&ResolvedAgent> {
+        let id = session
+            .as_str()
+            .strip_prefix("agent:")
+            .and_then(|rest| rest.split(':').next())
+            .unwrap_or(&self.default_agent);
+        self.agents.get(id)
+    }
+
+    /// Runs one turn to its end (no steering).
+    pub async fn run(&self, turn: StartTurn, cancel: CancellationToken) -> TurnOutcome {
+        let job = TurnJob { turn, absorbed: Vec::new(), note: None };
+        self.run_job(job, SteerInbox::default(), cancel).await
+    }
+
+    pub(crate) async fn run_job(
+        &self,
+        job: TurnJob,
+        steer: SteerInbox,
+        cancel: CancellationToken,
+    ) -> TurnOutcome {
+        let span = tracing::info_span!("turn", session = %job.turn.session, run_id = %job.turn.run_id, epoch = job.turn.epoch);
+        self.run_inner(job, steer, cancel).instrument(span).await
+    }
+
+    async fn run_inner(
+        &self,
+        job: TurnJob,
+        steer: SteerInbox,
+        cancel: CancellationToken,
+    ) -> TurnOutcome {
+        let TurnJob { turn, absorbed, note } = job;
+        let run = turn.run_ref();
+        self.emit_all(&run, &absorbed, TurnEvent::Started { at_ms: now_ms() });
+        let Some(agent) = self.agent_for(&turn.session).cloned() else {
+            let message = format!("no agent for session {}", turn.session);
+            return self.fail(&run, &absorbed, "unknown_agent", message);
+        };
+        let history = match self.ports.history.history(&turn.session, HISTORY_MESSAGES_MAX).await {
+            Ok(h) => h,
+            Err(e) => return self.fail(&run, &absorbed, "history", e.to_string()),
+        };
+        let final_id = format!("r:{}", turn.run_id);
+        // User messages after this turn's own belong to turns still queued behind it (the mesh
+        // makes every message durable on arrival); they get their own turn.
+        let own: HashSet<&str> = turn.messages.iter().map(|m| m.id.as_str()).collect();
+        let last_own = history.iter().rposition(|m| own.contains(m.id.as_str()));
+        let mut context: Vec<Message> = history
+            .into_iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                let queued = m.role == Role::User && last_own.is_some_and(|last| *i > last);
+                !queued && !(m.partial && m.id == final_id)
+            })
+            .map(|(_, m)| m)
+            .collect();
+        let mut seen: HashSet<String> = context.iter().map(|m| m.id.clone()).collect();
+        if let Some(note) = note {
+            context.push(Message::text(format!("n:{}", turn.run_id), Role::System, note, now_ms()));
+        }
+        for m in &turn.messages {
+            if seen.insert(m.id.clone()) {
+                context.push(m.clone());
+            }
+        }
+        let mut state = TurnState {
+            final_id,
+            context,
+            reply_to: turn.messages.iter().map(|m| m.id.clone()).collect(),
+            absorbed,
+            model: None,
+            text: String::new(),
+            thinking: String::new(),
+            signature: String::new(),
+            calls: BTreeMap::new(),
+            response_usage: Usage::default(),
+            usage: Usage::default(),
+            stop: None,
+            checkpoint_bytes: 0,
+            checkpoint_at: Instant::now(),
+        };
+        tracing::debug!(agent = %agent.id, model = %agent.model.primary, "turn started");
+        let tool_cancel = cancel.child_token();
+        let ending = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Ending::Aborted,
+            _ = tokio::time::sleep(agent.timeout) => Ending::Timeout,
+            ending = self.body(&turn, &agent, &mut state, &steer, &tool_cancel) => ending,
+        };
+        tool_cancel.cancel();
+        self.finish(&turn, &agent, state, ending).await
+    }
+
+    async fn body(
+        &self,
+        turn: &StartTurn,
+        agent: &ResolvedAgent,
+        state: &mut TurnState,
+        steer: &SteerInbox,
+        cancel: &CancellationToken,
+    ) -> Ending {
+        let tools = self.tools.definitions();
+        let system = self.prompts.build(agent, &tools);
+        let context = RequestContext {
+            session: turn.session.to_string(),
+            agent_id: agent.id.clone(),
+            node: self.node.clone(),
+            run_id: turn.run_id.clone(),
+        };
+        for round in 0..TOOL_ITERATIONS_MAX {
+            if round > 0 {
+                self.absorb_steering(steer, state);
+            }
+            if let Err(stale) = self.ports.epochs.check(&turn.session, turn.epoch) {
+                return Ending::Stale(stale);
+            }
+            let request = ProviderRequest {
+                model: String::new(),
+                system: system.clone(),
+                messages: state.context.clone(),
+                tools: tools.clone(),
+                max_tokens: MAX_TOKENS_DEFAULT,
+                thinking: agent.thinking,
+                context: context.clone(),
+            };
+            let mut stream = match self.router.open(&agent.model, request, cancel).await {
+                Ok(stream) => stream,
+                Err(e) => return Ending::Provider(e),
+            };
+            state.model = Some(stream.model().clone());
+            state.text.clear();
+            state.thinking.clear();
+            state.signature.clear();
+            state.calls.clear();
+            state.response_usage = Usage::default();
+            state.stop = None;
+            state.checkpoint_bytes = 0;
+            state.checkpoint_at = Instant::now();
+            while let Some(item) = stream.next().await {
+                let event = match item {
+                    Ok(event) => event,
+                    Err(e) => return Ending::Provider(e),
+                };
+                if let Err(ending) = self.on_event(turn, state, event).await {
+                    return ending;
+                }
+            }
+            add_usage(&mut state.usage, state.response_usage);
+            if state.calls.is_empty() {
+                return Ending::Final(state.stop.unwrap_or(StopReason::Stop));
+            }
+            if let Err(ending) = self.tool_round(turn, agent, state, round, cancel).await {
+                return ending;
+            }
+        }
+        Ending::TooManyIterations
+    }
+
+    async fn on_event(
+        &self,
+        turn: &StartTurn,
+        state: &mut TurnState,
+        event: ProviderEvent,
+    ) -> Result<(), Ending> {
+        let run = turn.run_ref();
+        match event {
+            ProviderEvent::TextDelta(text) => {
+                state.text.push_str(&text);
+                self.emit_all(&run, &state.absorbed, TurnEvent::AssistantDelta { text });
+                let grown = state.text.len() - state.checkpoint_bytes;
+                let due = grown >= CHECKPOINT_BYTES
+                    || (grown > 0
+                        && state.checkpoint_at.elapsed()
+                            >= Duration::from_millis(CHECKPOINT_INTERVAL_MS));
+                if due {
+                    let mut partial = self.assistant_message(turn, state, StopReason::Stop);
+                    partial.partial = true;
+                    partial.stop_reason = None;
+                    state.checkpoint_bytes = state.text.len();
+                    state.checkpoint_at = Instant::now();
+                    tracing::debug!(bytes = state.text.len(), "checkpoint of partial output");
+                    self.ports
+                        .output
+                        .checkpoint(&turn.session, turn.epoch, partial)
+                        .await
+                        .map_err(Ending::Output)?;
+                }
+            }
+            ProviderEvent::ThinkingDelta(text) => {
+                state.thinking.push_str(&text);
+                self.emit_all(&run, &state.absorbed, TurnEvent::ThinkingDelta { text });
+            }
+            ProviderEvent::ThinkingSignature(s) => state.signature.push_str(&s),
+            ProviderEvent::ToolCallStart { index, id, name } => {
+                state.calls.insert(index, PendingCall { id, name, args: String::new() });
+            }
+            ProviderEvent::ToolCallArgsDelta { index, json } => {
+                let call = state.calls.entry(index).or_default();
+                if call.args.len() + json.len() > TOOL_ARGS_BYTES_MAX {
+                    let message = format!("tool call arguments exceed {TOOL_ARGS_BYTES_MAX} bytes");
+                    let provider =
+                        state.model.as_ref().map(|m| m.provider.clone()).unwrap_or_default();
+                    return Err(Ending::Provider(ProviderError::new(
+                        &provider,
+                        crate::provider::ErrorKind::Malformed,
+                        message,
+                    )));
+                }
+                call.args.push_str(&json);
+            }
+            ProviderEvent::ToolCallEnd { .. } => {}
+            ProviderEvent::Usage(usage) => state.response_usage = usage,
+            ProviderEvent::Stop(reason) => state.stop = Some(reason),
+        }
+        Ok(())
+    }
+
+    /// Persists the assistant's tool calls, runs each tool, persists and appends the results.
+    async fn tool_round(
+        &self,
+        turn: &StartTurn,
+        agent: &ResolvedAgent,
+        state: &mut TurnState,
+        round: usize,
+        cancel: &CancellationToken,
+    ) -> Result<(), Ending> {
+        let run = turn.run_ref();
+        let calls: Vec<(String, String, Result<serde_json::Value, String>)> =
+            std::mem::take(&mut state.calls)
+                .into_values()
+                .map(|c| {
+                    let args = if c.args.trim().is_empty() {
+                        Ok(serde_json::json!({}))
+                    } else {
+                        serde_json::from_str::<serde_json::Value>(&c.args).map_err(|e| {
+                            format!(
+                                "the arguments are not valid JSON ({e}): {}",
+                                c.args.chars().take(200).collect::<String>()
+                            )
+                        })
+                    };
+                    (c.id, c.name, args)
+                })
+                .collect();
+        let mut call_message = self.assistant_message(turn, state, StopReason::ToolUse);
+        call_message.id = format!("t:{}:{round}", turn.run_id);
+        for (id, name, args) in &calls {
+            call_message.content.push(ContentPart::ToolCall {
+                id: id.clone(),
+                name: name.clone(),
+                arguments: args.clone().unwrap_or(serde_json::Value::Null),
+            });
+        }
+        call_message.usage = Some(state.response_usage);
+        self.ports
+            .output
+            .append(&turn.session, turn.epoch, vec![call_message.clone()])
+            .await
+            .map_err(Ending::Output)?;
+        state.context.push(call_message);
+        state.text.clear();
+        state.thinking.clear();
+        let ctx = ToolContext {
+            session: turn.session.clone(),
+            epoch: turn.epoch,
+            run_id: turn.run_id.clone(),
+            agent_id: agent.id.clone(),
+            workspace: agent.workspace.clone(),
+            cancel: cancel.clone(),
+        };
+        for (n, (id, name, args)) in calls.into_iter().enumerate() {
+            if let Err(stale) = self.ports.epochs.check(&turn.session, turn.epoch) {
+                return Err(Ending::Stale(stale));
+            }
+            let args_text = args.as_ref().map(|a| a.to_string()).unwrap_or_else(|e| e.clone());
+            self.emit_all(
+                &run,
+                &state.absorbed,
+                TurnEvent::ToolStart {
+                    tool_call_id: id.clone(),
+                    name: name.clone(),
+                    args: args_text,
+                },
+            );
+            let output = match (args, self.tools.get(&name)) {
+                (Err(problem), _) => ToolOutput::error(problem),
+                (Ok(_), None) => ToolOutput::error(format!(
+                    "there is no tool named {name:?}; available tools: {}",
+                    self.tools.names().join(", ")
+                )),
+                (Ok(args), Some(tool)) => {
+                    let span = tracing::info_span!("tool", tool = %name, tool_call_id = %id);
+                    let timeout = Duration::from_millis(TOOL_RUN_TIMEOUT_MS);
+                    match tokio::time::timeout(timeout, tool.run(args, &ctx)).instrument(span).await
+                    {
+                        Ok(output) => output,
+                        Err(_) => ToolOutput::error(format!(
+                            "the tool did not finish within {TOOL_RUN_TIMEOUT_MS} ms"
+                        )),
+                    }
+                }
+            };
+            let content = cap_text(output.content, TOOL_RESULT_BYTES_MAX);
+            tracing::debug!(tool = %name, is_error = output.is_error, bytes = content.len(), "tool finished");
+            self.emit_all(
+                &run,
+                &state.absorbed,
+                TurnEvent::ToolResult {
+                    tool_call_id: id.clone(),
+                    name: name.clone(),
+                    result: content.clone(),
+                    is_error: output.is_error,
+                },
+            );
+            let mut result = Message::text(
+                format!("t:{}:{round}:{n}", turn.run_id),
+                Role::ToolResult,
+                "",
+                now_ms(),
+            );
+            result.content = vec![ContentPart::ToolResult {
+                tool_call_id: id,
+                tool_name: name,
+                content,
+                is_error: output.is_error,
+            }];
+            result.author = self.node.clone();
+            result.run_id = Some(turn.run_id.clone());
+            self.ports
+                .output
+                .append(&turn.session, turn.epoch, vec![result.clone()])
+                .await
+                .map_err(Ending::Output)?;
+            state.context.push(result);
+        }
+        Ok(())
+    }
+
+    /// Moves steered messages into the running turn's context.
+    fn absorb_steering(&self, steer: &SteerInbox, state: &mut TurnState) {
+        let steered: Vec<StartTurn> =
+            std::mem::take(&mut *steer.lock().unwrap_or_else(|p| p.into_inner()));
+        for s in steered {
+            tracing::debug!(run_id = %s.run_id, "steering message injected at a tool boundary");
+            for m in s.messages.iter() {
+                if !state.context.iter().any(|c| c.id == m.id) {
+                    state.context.push(m.clone());
+                }
+                state.reply_to.push(m.id.clone());
+            }
+            state.absorbed.push(s.run_ref());
+        }
+    }
+
+    /// The assistant message for what the current response produced so far.
+    fn assistant_message(&self, turn: &StartTurn, state: &TurnState, stop: StopReason) -> Message {
+        let mut content = Vec::new();
+        if !state.thinking.is_empty() {
+            let signature = (!state.signature.is_empty()).then(|| state.signature.clone());
+            content.push(ContentPart::Thinking {
+                thinking: cap_text(state.thinking.clone(), MESSAGE_BODY_BYTES_MAX / 4),
+                signature,
+            });
+        }
+        if !state.text.is_empty() {
+            content.push(ContentPart::Text {
+                text: cap_text(state.text.clone(), MESSAGE_BODY_BYTES_MAX / 2),
+            });
+        }
+        Message {
+            id: state.final_id.clone(),
+            role: Role::Assistant,
+            content,
+            timestamp_ms: now_ms(),
+            author: self.node.clone(),
+            model: state.model.as_ref().map(|m| m.model.clone()),
+            provider: state.model.as_ref().map(|m| m.provider.clone()),
+            usage: None,
+            stop_reason: Some(stop),
+            idempotency_key: None,
+            run_id: Some(turn.run_id.clone()),
+            reply_to: Vec::new(),
+            partial: false,
+        }
+    }
+
+    async fn finish(
+        &self,
+        turn: &StartTurn,
+        agent: &ResolvedAgent,
+        mut state: TurnState,
+        ending: Ending,
+    ) -> TurnOutcome {
+        let run = turn.run_ref();
+        let absorbed = std::mem::take(&mut state.absorbed);
+        let (stop, error) = match ending {
+            Ending::Final(stop) => (stop, None),
+            Ending::Aborted => (StopReason::Aborted, None),
+            Ending::Timeout => (
+                StopReason::Error,
+                Some((
+                    "timeout".to_string(),
+                    format!("the turn did not finish within {} s", agent.timeout.as_secs()),
+                )),
+            ),
+            Ending::Stale(stale) => {
+                // Not the owner any more: write nothing, the new owner carries on.
+                tracing::warn!(error = %stale, "turn stopped: stale epoch");
+                let partial_text = state.text.clone();
+                self.emit_all(
+                    &run,
+                    &absorbed,
+                    TurnEvent::Aborted { partial_text: partial_text.clone() },
+                );
+                return TurnOutcome::Aborted { partial_text };
+            }
+            Ending::Provider(e) => {
+                tracing::warn!(error = %e, "turn failed: provider error");
+                (StopReason::Error, Some((format!("provider_{}", e.kind.as_str()), e.to_string())))
+            }
+            Ending::Output(e) => {
+                tracing::warn!(error = %e, "turn failed: cannot write output");
+                return self.fail(&run, &absorbed, "output", e.to_string());
+            }
+            Ending::TooManyIterations => (
+                StopReason::Error,
+                Some((
+                    "tool_iterations".to_string(),
+                    format!(
+                        "the model asked for tools {TOOL_ITERATIONS_MAX} times in a row; the turn was stopped"
+                    ),
+                )),
+            ),
+        };
+        let mut message = self.assistant_message(turn, &state, stop);
+        message.usage = Some(state.usage);
+        message.reply_to = std::mem::take(&mut state.reply_to);
+        let has_output = !message.content.is_empty();
+        // A turn that produced nothing leaves nothing behind; anything streamed is kept once.
+        if has_output || (error.is_none() && stop != StopReason::Aborted) {
+            if let Err(e) =
+                self.ports.output.append(&turn.session, turn.epoch, vec![message.clone()]).await
+            {
+                return self.fail(&run, &absorbed, "output", e.to_string());
+            }
+        }
+        if state.usage.total() > 0 {
+            if let Err(e) =
+                self.ports.output.add_usage(&turn.session, turn.epoch, state.usage).await
+            {
+                tracing::warn!(error = %e, "cannot add usage to the session");
+            }
+        }
+        match (error, stop) {
+            (Some((kind, text)), _) => self.fail(&run, &absorbed, &kind, text),
+            (None, StopReason::Aborted) => {
+                tracing::info!("turn aborted");
+                let partial_text = message.text_content();
+                self.emit_all(
+                    &run,
+                    &absorbed,
+                    TurnEvent::Aborted { partial_text: partial_text.clone() },
+                );
+                TurnOutcome::Aborted { partial_text }
+            }
+            (None, stop) => {
+                tracing::info!(model = ?state.model.as_ref().map(|m| m.to_string()), input = state.usage.input, output = state.usage.output, "turn finished");
+                let usage = state.usage;
+                self.emit_all(
+                    &run,
+                    &absorbed,
+                    TurnEvent::Final {
+                        message: Box::new(message.clone()),
+                        stop_reason: stop,
+                        usage,
+                    },
+                );
+                TurnOutcome::Final { message: Box::new(message), stop_reason: stop, usage }
+            }
+        }
+    }
+
+    fn fail(&self, run: &RunRef, absorbed: &[RunRef], kind: &str, message: String) -> TurnOutcome {
+        tracing::warn!(kind, error = %message, "turn ended with an error");
+        self.emit_all(
+            run,
+            absorbed,
+            TurnEvent::Error { message: message.clone(), kind: kind.to_string() },
+        );
+        TurnOutcome::Error { kind: kind.to_string(), message }
+    }
+
+    fn emit_all(&self, run: &RunRef, absorbed: &[RunRef], event: TurnEvent) {
+        for other in absorbed {
+            self.ports.events.emit(other, event.clone());
+        }
+        self.ports.events.emit(run, event);
+    }
+}
+
+fn add_usage(total: &mut Usage, add: Usage) {
+    total.input += add.input;
+    total.output += add.output;
+    total.cache_read += add.cache_read;
+    total.cache_write += add.cache_write;
+}
+
+/// Cuts `text` to at most `max` bytes at a character boundary, saying so.
+fn cap_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("\n[... cut: {total} bytes, the first {cut} kept]"));
+    text
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_text_cuts_at_a_char_boundary_and_says_so() {
+        assert_eq!(cap_text("short".into(), 10), "short");
+        let cut = cap_text("ééééé".into(), 3);
+        assert!(cut.starts_with("é\n[... cut: 10 bytes, the first 2 kept]"), "{cut}");
+    }
+}

@@ -1,0 +1,338 @@
+//! `beamclaw mock-llm`: a scripted model server that speaks the Anthropic Messages and OpenAI
+//! Chat Completions wire formats exactly, for tests and benchmarks.
+//!
+//! Owns: `POST /v1/messages` and `POST /v1/chat/completions` (streaming SSE, or one JSON body
+//! when `stream` is false), driven by a script of responses consumed in order (text, thinking,
+//! tool calls, usage, HTTP errors with `retry-after`, malformed events, a disconnect after N
+//! events, latency, time to first token, tokens per second). With no script left it echoes the
+//! last user message. Control endpoints for tests:
+//! - `POST /_mock/script` loads a script (replacing what is left), `GET /_mock/script` counts it;
+//! - `GET /_mock/requests` lists the requests received (path, headers, JSON body),
+//!   `DELETE /_mock/requests` forgets them;
+//! - `GET /_mock/health`.
+//!
+//! Must not know: the agent runtime (it is the other side of the wire).
+
+pub mod script;
+pub mod wire;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use script::ScriptResponse;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wire::{Api, Frame, Reply};
+
+/// Largest request body accepted, in bytes.
+pub const REQUEST_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Requests remembered for `GET /_mock/requests`; older ones are forgotten.
+pub const RECORDED_REQUESTS_MAX: usize = 1000;
+/// Longest wait a script may ask for (latency, time to first token), in ms.
+pub const SCRIPT_DELAY_MS_MAX: u64 = 10 * 60 * 1000;
+/// Characters of the echoed message.
+pub const ECHO_CHARS_MAX: usize = 4000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("cannot read script {path}: {source}")]
+    ReadScript { path: String, source: std::io::Error },
+    #[error("script {path}: {source}")]
+    Script { path: String, source: script::ScriptParseError },
+    #[error("the mock server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A request as the mock received it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecordedRequest {
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct MockState {
+    script: Mutex<VecDeque<ScriptResponse>>,
+    requests: Mutex<VecDeque<RecordedRequest>>,
+    counter: AtomicU64,
+}
+
+impl MockState {
+    fn next_response(&self) -> Option<ScriptResponse> {
+        self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if requests.len() == RECORDED_REQUESTS_MAX {
+            requests.pop_front();
+        }
+        requests.push_back(request);
+    }
+}
+
+/// The mock's routes over a script.
+pub fn router(responses: Vec<ScriptResponse>) -> Router {
+    let state =
+        Arc::new(MockState { script: Mutex::new(responses.into()), ..MockState::default() });
+    Router::new()
+        .route("/v1/messages", post(anthropic))
+        .route("/v1/chat/completions", post(openai))
+        .route("/_mock/script", post(load_script).get(count_script))
+        .route("/_mock/requests", get(list_requests).delete(clear_requests))
+        .route("/_mock/health", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Binds `addr` and serves until the process ends. Returns the bound address once listening
+/// (through `ready`), so `--listen 127.0.0.1:0` works.
+pub async fn serve(
+    addr: &str,
+    responses: Vec<ScriptResponse>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), MockError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MockError::Bind { addr: addr.to_string(), source })?;
+    let local = listener.local_addr().map_err(MockError::Serve)?;
+    ready(local);
+    axum::serve(listener, router(responses)).await.map_err(MockError::Serve)
+}
+
+/// Starts the mock on a free loopback port in this process (for tests and benches).
+pub async fn spawn(responses: Vec<ScriptResponse>) -> Result<SocketAddr, MockError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| MockError::Bind { addr: "127.0.0.1:0".into(), source })?;
+    let local = listener.local_addr().map_err(MockError::Serve)?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(responses)).await {
+            tracing::error!(error = %e, "mock LLM server stopped");
+        }
+    });
+    Ok(local)
+}
+
+/// Reads a script file.
+pub fn read_script(path: &std::path::Path) -> Result<Vec<ScriptResponse>, MockError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| MockError::ReadScript { path: shown.clone(), source })?;
+    script::parse(&text).map_err(|source| MockError::Script { path: shown, source })
+}
+
+async fn load_script(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    match script::parse(&text) {
+        Ok(responses) => {
+            let count = responses.len();
+            *state.script.lock().unwrap_or_else(|p| p.into_inner()) = responses.into();
+            Json(json!({"loaded": count})).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()}))).into_response(),
+    }
+}
+
+async fn count_script(State(state): State<Arc<MockState>>) -> Response {
+    let left = state.script.lock().unwrap_or_else(|p| p.into_inner()).len();
+    Json(json!({"remaining": left})).into_response()
+}
+
+async fn list_requests(State(state): State<Arc<MockState>>) -> Response {
+    let requests: Vec<RecordedRequest> =
+        state.requests.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    Json(json!(requests)).into_response()
+}
+
+async fn clear_requests(State(state): State<Arc<MockState>>) -> Response {
+    state.requests.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+use axum::Json;
+
+async fn anthropic(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(Api::Anthropic, "/v1/messages", &state, &headers, &body).await
+}
+
+async fn openai(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    respond(Api::OpenAi, "/v1/chat/completions", &state, &headers, &body).await
+}
+
+fn bad_request(api: Api, message: String) -> Response {
+    let error =
+        script::ScriptError { status: 400, message: Some(message), body: None, retry_after: None };
+    (StatusCode::BAD_REQUEST, Json(wire::error_body(api, &error))).into_response()
+}
+
+async fn respond(
+    api: Api,
+    path: &str,
+    state: &MockState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return bad_request(api, format!("the request body is not JSON: {e}")),
+    };
+    state.record(RecordedRequest {
+        path: path.to_string(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+            .collect(),
+        body: request.clone(),
+    });
+    let n = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
+    let response = state.next_response().unwrap_or_else(|| ScriptResponse {
+        text: Some(echo(api, &request)),
+        ..ScriptResponse::default()
+    });
+    let clamp = |ms: u64| Duration::from_millis(ms.min(SCRIPT_DELAY_MS_MAX));
+    if response.latency_ms > 0 {
+        tokio::time::sleep(clamp(response.latency_ms)).await;
+    }
+    if let Some(error) = &response.error {
+        let status =
+            StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut reply = (status, Json(wire::error_body(api, error))).into_response();
+        if let Some(retry) =
+            error.retry_after.as_deref().and_then(|r| header::HeaderValue::from_str(r).ok())
+        {
+            reply.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        return reply;
+    }
+    let model = request["model"].as_str().unwrap_or("mock").to_string();
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let input_chars = body.len();
+    let reply = Reply::new(api, &response, &model, n, input_chars, include_usage || !stream);
+    if !stream {
+        let body = match api {
+            Api::Anthropic => wire::anthropic_body(&reply),
+            Api::OpenAi => wire::openai_body(&reply),
+        };
+        return Json(body).into_response();
+    }
+    let mut frames = match api {
+        Api::Anthropic => wire::anthropic_frames(&reply),
+        Api::OpenAi => wire::openai_frames(&reply),
+    };
+    if response.malformed {
+        let at =
+            frames.iter().position(|f| f.content).map(|i| i + 1).unwrap_or(frames.len().min(1));
+        frames.truncate(at);
+        frames.push(wire::malformed_frame(api));
+    }
+    let pacing = Pacing {
+        ttft: clamp(response.ttft_ms),
+        per_token: response.tokens_per_second.map(|t| Duration::from_secs_f64(1.0 / t)),
+        disconnect_after: response.disconnect_after_chunks,
+    };
+    let body = Body::from_stream(futures::stream::unfold(
+        (frames.into_iter(), 0usize, false, pacing),
+        |(mut frames, sent, started, pacing)| async move {
+            if pacing.disconnect_after == Some(sent) {
+                let cut = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "scripted disconnect",
+                );
+                return Some((
+                    Err(cut),
+                    (frames, usize::MAX, started, Pacing { disconnect_after: None, ..pacing }),
+                ));
+            }
+            if sent == usize::MAX {
+                return None;
+            }
+            let frame: Frame = frames.next()?;
+            let mut now_started = started;
+            if frame.content {
+                if !started {
+                    if !pacing.ttft.is_zero() {
+                        tokio::time::sleep(pacing.ttft).await;
+                    }
+                    now_started = true;
+                } else if let Some(gap) = pacing.per_token {
+                    tokio::time::sleep(gap).await;
+                }
+            }
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(frame.bytes)),
+                (frames, sent + 1, now_started, pacing),
+            ))
+        },
+    ));
+    let request_id = format!("req_mock_{n}");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("request-id", &request_id)
+        .header("x-request-id", &request_id)
+        .body(body)
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+#[derive(Clone, Copy)]
+struct Pacing {
+    ttft: Duration,
+    per_token: Option<Duration>,
+    disconnect_after: Option<usize>,
+}
+
+/// `echo: <last user text>` (or the last tool result), deterministic.
+fn echo(api: Api, request: &Value) -> String {
+    let last =
+        request["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or(Value::Null);
+    let text = match (&last["content"], api) {
+        (Value::String(s), _) if last["role"] == "tool" => format!("tool result: {s}"),
+        (Value::String(s), _) => s.clone(),
+        (Value::Array(parts), _) => parts
+            .iter()
+            .filter_map(|p| match p["type"].as_str() {
+                Some("text") => p["text"].as_str().map(str::to_string),
+                Some("tool_result") => match &p["content"] {
+                    Value::String(s) => Some(format!("tool result: {s}")),
+                    other => Some(format!("tool result: {other}")),
+                },
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    let text: String = text.chars().take(ECHO_CHARS_MAX).collect();
+    format!("echo: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_reads_both_apis_last_message() {
+        let a =
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+        assert_eq!(echo(Api::Anthropic, &a), "echo: hi");
+        let o = json!({"messages": [{"role": "user", "content": "yo"}, {"role": "tool", "tool_call_id": "c", "content": "42"}]});
+        assert_eq!(echo(Api::OpenAi, &o), "echo: tool result: 42");
+    }
+}
