@@ -11,6 +11,7 @@ use beamclaw_crdt::{ContentPart, Message, Role, SessionKey, StopReason};
 use beamclaw_mesh::core::turn::{RunRef, TurnEvent};
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,26 +151,39 @@ impl Harness {
     }
 }
 
-/// Collects events of `run` until its terminal event.
-async fn until_terminal(
-    rx: &mut broadcast::Receiver<(RunRef, TurnEvent)>,
-    run_id: &str,
-) -> Vec<TurnEvent> {
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(EVENT_WAIT_MS);
-    loop {
-        let (run, event) = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("timed out waiting for events")
-            .unwrap();
-        if run.run_id != run_id {
-            continue;
+/// Turn events by run, read from the broadcast as needed: waiting for one run keeps the events
+/// of the others.
+struct EventLog {
+    rx: broadcast::Receiver<(RunRef, TurnEvent)>,
+    runs: HashMap<String, Vec<TurnEvent>>,
+}
+
+impl EventLog {
+    fn new(events: &BroadcastEvents) -> Self {
+        EventLog { rx: events.subscribe(), runs: HashMap::new() }
+    }
+
+    /// Waits until `run_id` has an event matching `pred`; returns the run's events so far.
+    async fn until(&mut self, run_id: &str, pred: impl Fn(&TurnEvent) -> bool) -> Vec<TurnEvent> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(EVENT_WAIT_MS);
+        loop {
+            if let Some(events) = self.runs.get(run_id) {
+                if events.iter().any(&pred) {
+                    return events.clone();
+                }
+            }
+            let (run, event) = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("timed out waiting for run {run_id}; seen {:?}", self.runs.get(run_id))
+                })
+                .unwrap();
+            self.runs.entry(run.run_id).or_default().push(event);
         }
-        let terminal = event.is_terminal();
-        seen.push(event);
-        if terminal {
-            return seen;
-        }
+    }
+
+    async fn terminal(&mut self, run_id: &str) -> Vec<TurnEvent> {
+        self.until(run_id, TurnEvent::is_terminal).await
     }
 }
 
@@ -243,10 +257,10 @@ impl Tool for HandoffTool {
 #[tokio::test]
 async fn text_streams_in_deltas_and_the_final_message_is_persisted() {
     let h = harness(json!([{"text": "Hello there, friend!", "chunkChars": 4, "usage": {"input": 11, "output": 5}}]), Options::default()).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("text");
     let (turn, outcome) = h.run(&s, "hi").await;
-    let events = until_terminal(&mut rx, &turn.run_id).await;
+    let events = log.terminal(&turn.run_id).await;
     assert_eq!(deltas(&events), vec!["Hell", "o th", "ere,", " fri", "end!"]);
     assert_eq!(final_text(&outcome), "Hello there, friend!");
     let messages = h.sessions.messages(&s);
@@ -280,11 +294,11 @@ async fn several_tool_steps_run_and_persist_calls_and_results() {
     ]);
     let h =
         harness(script, Options { api: "openai-completions", tools, ..Options::default() }).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("tools");
     let (turn, outcome) = h.run(&s, "use the tools").await;
     assert_eq!(final_text(&outcome), "all done");
-    let events = until_terminal(&mut rx, &turn.run_id).await;
+    let events = log.terminal(&turn.run_id).await;
     let results: Vec<(String, bool)> = events
         .iter()
         .filter_map(|e| match e {
@@ -406,10 +420,10 @@ async fn disconnect_mid_stream_leaves_one_message_with_what_was_streamed() {
     let text = "abcdefghijklmnopqrstuvwxyz".repeat(4);
     let script = json!([{"text": text, "chunkChars": 2, "disconnectAfterChunks": 8}]);
     let h = harness(script, Options { api: "openai-completions", ..Options::default() }).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("disconnect");
     let (turn, outcome) = h.run(&s, "hi").await;
-    let events = until_terminal(&mut rx, &turn.run_id).await;
+    let events = log.terminal(&turn.run_id).await;
     let TurnOutcome::Error { kind, .. } = &outcome else { panic!("{outcome:?}") };
     assert_eq!(kind, "provider_stream_cut");
     let streamed: String = deltas(&events).concat();
@@ -426,18 +440,13 @@ async fn disconnect_mid_stream_leaves_one_message_with_what_was_streamed() {
 async fn abort_mid_stream_keeps_the_partial_text() {
     let script = json!([{"text": "x".repeat(400), "chunkChars": 1, "tokensPerSecond": 100.0}]);
     let h = harness(script, Options::default()).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("abort");
     let turn = h.user_turn(&s, "talk a lot");
     h.runtime.actors.submit(turn.clone()).unwrap();
-    loop {
-        let (run, event) = rx.recv().await.unwrap();
-        if run.run_id == turn.run_id && matches!(event, TurnEvent::AssistantDelta { .. }) {
-            break;
-        }
-    }
+    log.until(&turn.run_id, |e| matches!(e, TurnEvent::AssistantDelta { .. })).await;
     assert!(h.runtime.actors.abort(&s));
-    let events = until_terminal(&mut rx, &turn.run_id).await;
+    let events = log.terminal(&turn.run_id).await;
     let Some(TurnEvent::Aborted { partial_text }) = events.last() else { panic!("{events:?}") };
     assert!(!partial_text.is_empty() && partial_text.len() < 400);
     let messages = h.sessions.messages(&s);
@@ -503,14 +512,11 @@ fn last_user_texts(request: &Value, n: usize) -> Vec<String> {
 async fn followup_runs_each_queued_message_as_its_own_turn() {
     let script = json!([{"text": "A", "ttftMs": 300}, {"text": "B"}, {"text": "C"}]);
     let h = harness(script, Options { queue: "followup", ..Options::default() }).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("followup");
     let turns = three_while_busy(&h, &s).await;
     for t in &turns {
-        assert!(matches!(
-            until_terminal(&mut rx, &t.run_id).await.last(),
-            Some(TurnEvent::Final { .. })
-        ));
+        assert!(matches!(log.terminal(&t.run_id).await.last(), Some(TurnEvent::Final { .. })));
     }
     let requests = h.requests().await;
     assert_eq!(requests.len(), 3);
@@ -523,11 +529,11 @@ async fn followup_runs_each_queued_message_as_its_own_turn() {
 async fn collect_merges_queued_messages_into_one_turn() {
     let script = json!([{"text": "A", "ttftMs": 300}, {"text": "B and C"}]);
     let h = harness(script, Options { queue: "collect", ..Options::default() }).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("collect");
     let turns = three_while_busy(&h, &s).await;
     for t in &turns {
-        let events = until_terminal(&mut rx, &t.run_id).await;
+        let events = log.terminal(&t.run_id).await;
         assert!(matches!(events.last(), Some(TurnEvent::Final { .. })), "{events:?}");
     }
     let requests = h.requests().await;
@@ -550,23 +556,15 @@ async fn steer_injects_at_the_next_tool_boundary() {
     let tools: Vec<Arc<dyn Tool>> = vec![Arc::new(EchoTool { delay: Duration::from_millis(300) })];
     let script = json!([{"toolCalls": [{"name": "echo", "arguments": {"value": "x"}}]}, {"text": "saw both"}]);
     let h = harness(script, Options { queue: "steer", tools, ..Options::default() }).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("steer");
     let first = h.user_turn(&s, "first");
     h.runtime.actors.submit(first.clone()).unwrap();
-    loop {
-        let (run, event) = rx.recv().await.unwrap();
-        if run.run_id == first.run_id && matches!(event, TurnEvent::ToolStart { .. }) {
-            break;
-        }
-    }
+    log.until(&first.run_id, |e| matches!(e, TurnEvent::ToolStart { .. })).await;
     let second = h.user_turn(&s, "second");
     h.runtime.actors.submit(second.clone()).unwrap();
     for t in [&first, &second] {
-        assert!(matches!(
-            until_terminal(&mut rx, &t.run_id).await.last(),
-            Some(TurnEvent::Final { .. })
-        ));
+        assert!(matches!(log.terminal(&t.run_id).await.last(), Some(TurnEvent::Final { .. })));
     }
     let requests = h.requests().await;
     assert_eq!(requests.len(), 2, "the steered message joined the running turn");
@@ -587,23 +585,15 @@ async fn steer_injects_at_the_next_tool_boundary() {
 async fn interrupt_aborts_the_running_turn_and_runs_the_new_message() {
     let script = json!([{"text": "y".repeat(300), "chunkChars": 1, "tokensPerSecond": 100.0}, {"text": "interrupted you"}]);
     let h = harness(script, Options { queue: "interrupt", ..Options::default() }).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("interrupt");
     let first = h.user_turn(&s, "long one");
     h.runtime.actors.submit(first.clone()).unwrap();
-    loop {
-        let (run, event) = rx.recv().await.unwrap();
-        if run.run_id == first.run_id && matches!(event, TurnEvent::AssistantDelta { .. }) {
-            break;
-        }
-    }
+    log.until(&first.run_id, |e| matches!(e, TurnEvent::AssistantDelta { .. })).await;
     let second = h.user_turn(&s, "stop, new question");
     h.runtime.actors.submit(second.clone()).unwrap();
-    assert!(matches!(
-        until_terminal(&mut rx, &first.run_id).await.last(),
-        Some(TurnEvent::Aborted { .. })
-    ));
-    let events = until_terminal(&mut rx, &second.run_id).await;
+    assert!(matches!(log.terminal(&first.run_id).await.last(), Some(TurnEvent::Aborted { .. })));
+    let events = log.terminal(&second.run_id).await;
     let Some(TurnEvent::Final { message, .. }) = events.last() else { panic!("{events:?}") };
     assert_eq!(message.text_content(), "interrupted you");
 }
@@ -613,21 +603,18 @@ async fn a_full_queue_drops_by_policy_and_says_so() {
     // cap 2, drop "new": with one turn running and two queued, the fourth request is dropped.
     let script = json!([{"text": "A", "ttftMs": 400}, {"text": "B"}, {"text": "C"}]);
     let h = harness(script, Options { queue: "followup", ..Options::default() }).await;
-    let mut rx = h.events.subscribe();
+    let mut log = EventLog::new(&h.events);
     let s = session("cap");
     let mut turns = three_while_busy(&h, &s).await;
     let fourth = h.user_turn(&s, "fourth");
     h.runtime.actors.submit(fourth.clone()).unwrap();
-    let events = until_terminal(&mut rx, &fourth.run_id).await;
+    let events = log.terminal(&fourth.run_id).await;
     assert!(
         matches!(events.last(), Some(TurnEvent::Error { kind, .. }) if kind == "queue_dropped"),
         "{events:?}"
     );
     for t in turns.drain(..) {
-        assert!(matches!(
-            until_terminal(&mut rx, &t.run_id).await.last(),
-            Some(TurnEvent::Final { .. })
-        ));
+        assert!(matches!(log.terminal(&t.run_id).await.last(), Some(TurnEvent::Final { .. })));
     }
     assert_eq!(h.requests().await.len(), 3);
 }

@@ -23,7 +23,7 @@ use beamclaw_crdt::{
 };
 use beamclaw_mesh::core::turn::{RunRef, TurnEvent};
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -201,28 +201,11 @@ impl TurnRunner {
             Err(e) => return self.fail(&run, &absorbed, "history", e.to_string()),
         };
         let final_id = format!("r:{}", turn.run_id);
-        // User messages after this turn's own belong to turns still queued behind it (the mesh
-        // makes every message durable on arrival); they get their own turn.
-        let own: HashSet<&str> = turn.messages.iter().map(|m| m.id.as_str()).collect();
-        let last_own = history.iter().rposition(|m| own.contains(m.id.as_str()));
-        let mut context: Vec<Message> = history
-            .into_iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                let queued = m.role == Role::User && last_own.is_some_and(|last| *i > last);
-                !queued && !(m.partial && m.id == final_id)
-            })
-            .map(|(_, m)| m)
-            .collect();
-        let mut seen: HashSet<String> = context.iter().map(|m| m.id.clone()).collect();
+        let mut context = conversation(history, &turn.messages, &final_id);
         if let Some(note) = note {
             context.push(Message::text(format!("n:{}", turn.run_id), Role::System, note, now_ms()));
         }
-        for m in &turn.messages {
-            if seen.insert(m.id.clone()) {
-                context.push(m.clone());
-            }
-        }
+        context.extend(turn.messages.iter().cloned());
         let mut state = TurnState {
             final_id,
             context,
@@ -343,7 +326,7 @@ impl TurnRunner {
                         .output
                         .checkpoint(&turn.session, turn.epoch, partial)
                         .await
-                        .map_err(Ending::Output)?;
+                        .map_err(output_ending)?;
                 }
             }
             ProviderEvent::ThinkingDelta(text) => {
@@ -416,7 +399,7 @@ impl TurnRunner {
             .output
             .append(&turn.session, turn.epoch, vec![call_message.clone()])
             .await
-            .map_err(Ending::Output)?;
+            .map_err(output_ending)?;
         state.context.push(call_message);
         state.text.clear();
         state.thinking.clear();
@@ -490,7 +473,7 @@ impl TurnRunner {
                 .output
                 .append(&turn.session, turn.epoch, vec![result.clone()])
                 .await
-                .map_err(Ending::Output)?;
+                .map_err(output_ending)?;
             state.context.push(result);
         }
         Ok(())
@@ -658,6 +641,58 @@ impl TurnRunner {
     }
 }
 
+/// Orders a session's history as the conversation the model should see, then leaves room for
+/// this turn's own user messages (the caller appends them last).
+///
+/// The mesh makes every user message durable when it arrives, so while a turn runs, messages
+/// queued behind it land in the transcript before its reply. Here each answered user message is
+/// moved to just before the first message of the run that answered it (`reply_to`, `run_id`);
+/// unanswered user messages that arrived after this turn's own belong to turns still queued and
+/// are left out; this turn's own messages and a checkpoint of its own reply are taken out.
+fn conversation(history: Vec<Message>, own: &[Message], final_id: &str) -> Vec<Message> {
+    let own_ids: HashSet<&str> = own.iter().map(|m| m.id.as_str()).collect();
+    let first_own = history.iter().position(|m| own_ids.contains(m.id.as_str()));
+    let mut answered_by: HashMap<String, String> = HashMap::new();
+    for m in &history {
+        if let Some(run) = &m.run_id {
+            for id in &m.reply_to {
+                answered_by.insert(id.clone(), run.clone());
+            }
+        }
+    }
+    let mut deferred: Vec<(String, Message)> = Vec::new();
+    let mut out = Vec::with_capacity(history.len());
+    for (i, m) in history.into_iter().enumerate() {
+        if own_ids.contains(m.id.as_str()) || (m.partial && m.id == final_id) {
+            continue;
+        }
+        if m.role == Role::User {
+            match answered_by.get(&m.id) {
+                Some(run) => deferred.push((run.clone(), m)),
+                None if first_own.is_some_and(|first| i > first) => {}
+                None => out.push(m),
+            }
+            continue;
+        }
+        if let Some(run) = &m.run_id {
+            let (mine, rest): (Vec<_>, Vec<_>) = deferred.into_iter().partition(|(r, _)| r == run);
+            deferred = rest;
+            out.extend(mine.into_iter().map(|(_, m)| m));
+        }
+        out.push(m);
+    }
+    out.extend(deferred.into_iter().map(|(_, m)| m));
+    out
+}
+
+/// A refused write because the epoch moved on is a stale-epoch ending, not a store failure.
+fn output_ending(error: PortError) -> Ending {
+    match error {
+        PortError::Stale(stale) => Ending::Stale(stale),
+        other => Ending::Output(other),
+    }
+}
+
 fn add_usage(total: &mut Usage, add: Usage) {
     total.input += add.input;
     total.output += add.output;
@@ -690,6 +725,43 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user(id: &str) -> Message {
+        Message::user_text(id, id, 0)
+    }
+
+    fn reply(run: &str, answers: &[&str]) -> Message {
+        let mut m = Message::text(format!("r:{run}"), Role::Assistant, run, 0);
+        m.run_id = Some(run.into());
+        m.reply_to = answers.iter().map(|a| a.to_string()).collect();
+        m
+    }
+
+    fn ids(messages: &[Message]) -> Vec<&str> {
+        messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn queued_messages_are_ordered_before_their_replies_and_later_ones_left_out() {
+        // Arrival order in the transcript: u1, u2 and u3 arrived while A (answering u1) ran.
+        let history = vec![user("u1"), user("u2"), user("u3"), reply("A", &["u1"])];
+        // Turn B answers u2: u3 is still queued behind it.
+        let context = conversation(history.clone(), &[user("u2")], "r:B");
+        assert_eq!(ids(&context), vec!["u1", "r:A"]);
+        let mut history = history;
+        history.push(reply("B", &["u2"]));
+        let context = conversation(history, &[user("u3")], "r:C");
+        assert_eq!(ids(&context), vec!["u1", "r:A", "u2", "r:B"]);
+    }
+
+    #[test]
+    fn unanswered_earlier_messages_stay_and_own_checkpoint_is_dropped() {
+        let mut checkpoint = Message::text("r:T", Role::Assistant, "par", 0);
+        checkpoint.partial = true;
+        let history = vec![user("lost"), user("u"), checkpoint];
+        let context = conversation(history, &[user("u")], "r:T");
+        assert_eq!(ids(&context), vec!["lost"]);
+    }
 
     #[test]
     fn cap_text_cuts_at_a_char_boundary_and_says_so() {

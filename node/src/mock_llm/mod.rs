@@ -37,6 +37,8 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 pub const RECORDED_REQUESTS_MAX: usize = 1000;
 /// Longest wait a script may ask for (latency, time to first token), in ms.
 pub const SCRIPT_DELAY_MS_MAX: u64 = 10 * 60 * 1000;
+/// Pause before a scripted disconnect, so the events before it leave the server first.
+pub const DISCONNECT_FLUSH_MS: u64 = 50;
 /// Characters of the echoed message.
 pub const ECHO_CHARS_MAX: usize = 4000;
 
@@ -250,6 +252,9 @@ async fn respond(
         (frames.into_iter(), 0usize, false, pacing),
         |(mut frames, sent, started, pacing)| async move {
             if pacing.disconnect_after == Some(sent) {
+                // Let the server flush what was sent before the connection drops, so the
+                // client really receives the first N events.
+                tokio::time::sleep(Duration::from_millis(DISCONNECT_FLUSH_MS)).await;
                 let cut = std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
                     "scripted disconnect",
