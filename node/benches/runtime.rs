@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo bench -p beamclaw --bench runtime` (figures in docs/benchmarks.md).
 
+use anyhow::Context;
 use beamclaw::agent::{MemorySessions, RuntimePorts, StartTurn, TurnEvents};
 use beamclaw::config::{EnvKeys, LoadedConfig, QueueMode, parse_str};
 use beamclaw::mock_llm;
@@ -40,12 +41,16 @@ impl TurnEvents for Signals {
     fn emit(&self, run: &RunRef, event: TurnEvent) {
         match &event {
             TurnEvent::AssistantDelta { .. } => {
-                if let Some(tx) = self.first.lock().unwrap().remove(&run.run_id) {
+                if let Some(tx) =
+                    self.first.lock().unwrap_or_else(|p| p.into_inner()).remove(&run.run_id)
+                {
                     let _ = tx.send(Instant::now());
                 }
             }
             e if e.is_terminal() => {
-                if let Some(tx) = self.done.lock().unwrap().remove(&run.run_id) {
+                if let Some(tx) =
+                    self.done.lock().unwrap_or_else(|p| p.into_inner()).remove(&run.run_id)
+                {
                     let _ = tx.send(matches!(e, TurnEvent::Final { .. }));
                 }
             }
@@ -63,16 +68,16 @@ struct Bench {
 }
 
 impl Bench {
-    async fn new() -> Self {
-        let mock = mock_llm::spawn(Vec::new()).await.unwrap();
+    async fn new() -> anyhow::Result<Self> {
+        let mock = mock_llm::spawn(Vec::new()).await?;
         let text = format!(
             r#"{{ models: {{ providers: {{ mock: {{ baseUrl: "http://{mock}", apiKey: "k", api: "anthropic-messages" }} }} }},
                  agents: {{ defaults: {{ model: "mock/bench" }} }},
                  messages: {{ queue: {{ mode: "followup", debounceMs: 0 }} }} }}"#
         );
-        let data = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir()?;
         let loaded = LoadedConfig {
-            config: parse_str(&text, "bench", &|_| None).unwrap(),
+            config: parse_str(&text, "bench", &|_| None)?,
             data_dir: data.path().to_path_buf(),
             file: None,
             env_keys: EnvKeys::default(),
@@ -93,33 +98,37 @@ impl Bench {
             "bench".into(),
             None,
             RetryPolicy::default(),
-        )
-        .unwrap();
-        Bench { runtime, sessions, signals, mock, _data: data }
+        )?;
+        Ok(Bench { runtime, sessions, signals, mock, _data: data })
     }
 
     /// Runs one turn; returns (submit time, first delta, success).
-    async fn turn(&self, session: &SessionKey, n: usize) -> (Instant, Instant, bool) {
+    async fn turn(
+        &self,
+        session: &SessionKey,
+        n: usize,
+    ) -> anyhow::Result<(Instant, Instant, bool)> {
         let run_id = format!("{session}-{n}");
         let message = Message::user_text(format!("u:{run_id}"), format!("hello number {n}"), 0);
         self.sessions.append_user(session, std::slice::from_ref(&message));
         let (first_tx, first_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
-        self.signals.first.lock().unwrap().insert(run_id.clone(), first_tx);
-        self.signals.done.lock().unwrap().insert(run_id.clone(), done_tx);
+        self.signals
+            .first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.clone(), first_tx);
+        self.signals.done.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone(), done_tx);
         let started = Instant::now();
-        self.runtime
-            .actors
-            .submit(StartTurn {
-                session: session.clone(),
-                epoch: 0,
-                run_id,
-                messages: vec![message],
-            })
-            .unwrap();
+        self.runtime.actors.submit(StartTurn {
+            session: session.clone(),
+            epoch: 0,
+            run_id,
+            messages: vec![message],
+        })?;
         let ok = done_rx.await.unwrap_or(false);
         let first = first_rx.await.unwrap_or(started);
-        (started, first, ok)
+        Ok((started, first, ok))
     }
 }
 
@@ -132,27 +141,27 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-async fn throughput(bench: Arc<Bench>) {
-    let warm = SessionKey::new("agent:main:warmup").unwrap();
+async fn throughput(bench: Arc<Bench>) -> anyhow::Result<()> {
+    let warm = SessionKey::new("agent:main:warmup")?;
     for n in 0..WARMUP_TURNS {
-        assert!(bench.turn(&warm, n).await.2);
+        assert!(bench.turn(&warm, n).await?.2);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..SESSIONS {
         let bench = bench.clone();
         tasks.push(tokio::spawn(async move {
-            let session = SessionKey::new(format!("agent:main:bench-{s}")).unwrap();
+            let session = SessionKey::new(format!("agent:main:bench-{s}"))?;
             let mut ok = 0;
             for n in 0..TURNS_PER_SESSION {
-                ok += usize::from(bench.turn(&session, n).await.2);
+                ok += usize::from(bench.turn(&session, n).await?.2);
             }
-            ok
+            anyhow::Ok(ok)
         }));
     }
     let mut ok = 0;
     for t in tasks {
-        ok += t.await.unwrap();
+        ok += t.await??;
     }
     let elapsed = started.elapsed();
     let total = SESSIONS * TURNS_PER_SESSION;
@@ -162,10 +171,15 @@ async fn throughput(bench: Arc<Bench>) {
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
+    Ok(())
 }
 
 /// Request -> first text delta with a bare HTTP client (no runtime).
-async fn direct_first_token(client: &reqwest::Client, url: &str, n: usize) -> Duration {
+async fn direct_first_token(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
     let body = serde_json::json!({
         "model": "bench", "max_tokens": 64, "stream": true,
         "messages": [{"role": "user", "content": format!("hello number {n}")}],
@@ -178,33 +192,32 @@ async fn direct_first_token(client: &reqwest::Client, url: &str, n: usize) -> Du
         .header("x-api-key", "k")
         .body(body)
         .send()
-        .await
-        .unwrap();
+        .await?;
     let mut seen = Vec::new();
     let mut first = None;
-    while let Some(chunk) = response.chunk().await.unwrap() {
+    while let Some(chunk) = response.chunk().await? {
         seen.extend_from_slice(&chunk);
         if first.is_none() && seen.windows(10).any(|w| w == b"text_delta") {
             first = Some(started.elapsed());
         }
     }
-    first.expect("the mock streamed a text delta")
+    first.context("the mock streamed no text delta")
 }
 
-async fn added_ttft(bench: Arc<Bench>) {
-    let client = beamclaw::provider::http_client().unwrap();
+async fn added_ttft(bench: Arc<Bench>) -> anyhow::Result<()> {
+    let client = beamclaw::provider::http_client()?;
     let url = format!("http://{}/v1/messages", bench.mock);
-    let session = SessionKey::new("agent:main:ttft").unwrap();
+    let session = SessionKey::new("agent:main:ttft")?;
     let mut direct = Vec::with_capacity(TTFT_SAMPLES);
     let mut runtime = Vec::with_capacity(TTFT_SAMPLES);
     for n in 0..WARMUP_TURNS {
-        direct_first_token(&client, &url, n).await;
+        direct_first_token(&client, &url, n).await?;
     }
     for n in 0..TTFT_SAMPLES {
-        direct.push(direct_first_token(&client, &url, n).await);
+        direct.push(direct_first_token(&client, &url, n).await?);
         // A fresh session per sample keeps the history (and so the request) the same size.
-        let session = SessionKey::new(format!("{session}-{n}")).unwrap();
-        let (started, first, ok) = bench.turn(&session, n).await;
+        let session = SessionKey::new(format!("{session}-{n}"))?;
+        let (started, first, ok) = bench.turn(&session, n).await?;
         assert!(ok);
         runtime.push(first - started);
     }
@@ -220,18 +233,19 @@ async fn added_ttft(bench: Arc<Bench>) {
             us(r.saturating_sub(d))
         );
     }
+    Ok(())
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this binary too, without it.
     if !std::env::args().any(|a| a == "--bench") {
         println!("runtime bench: skipped (run with `cargo bench -p beamclaw --bench runtime`)");
-        return;
+        return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let bench = Arc::new(Bench::new().await);
-        throughput(bench.clone()).await;
-        added_ttft(bench).await;
-    });
+        let bench = Arc::new(Bench::new().await?);
+        throughput(bench.clone()).await?;
+        added_ttft(bench).await
+    })
 }

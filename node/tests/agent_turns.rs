@@ -1,6 +1,10 @@
 //! The agent runtime against the mock LLM on a real socket: streaming, tool loops, failover,
 //! broken streams, abort, stale epochs and every queue mode.
 
+// Test code: a failed setup step should fail the test loudly (clippy.toml allows this in
+// #[test] functions; these helpers are part of the tests too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use beamclaw::agent::{BroadcastEvents, MemorySessions, RuntimePorts, StartTurn, TurnOutcome};
 use beamclaw::config::{EnvKeys, LoadedConfig, parse_str};
 use beamclaw::mock_llm;
@@ -167,10 +171,10 @@ impl EventLog {
     async fn until(&mut self, run_id: &str, pred: impl Fn(&TurnEvent) -> bool) -> Vec<TurnEvent> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(EVENT_WAIT_MS);
         loop {
-            if let Some(events) = self.runs.get(run_id) {
-                if events.iter().any(&pred) {
-                    return events.clone();
-                }
+            if let Some(events) = self.runs.get(run_id)
+                && events.iter().any(&pred)
+            {
+                return events.clone();
             }
             let (run, event) = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await

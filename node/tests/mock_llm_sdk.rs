@@ -5,6 +5,10 @@
 //! The SDKs are installed from PyPI into a venv under the target directory, keyed by the
 //! requirements file's contents, and reused by later runs.
 
+// Test code: a failed setup step should fail the test loudly (clippy.toml allows this in
+// #[test] functions; these helpers are part of the tests too).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -90,6 +94,7 @@ fn start_mock(script: &Path) -> Mock {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("beamclaw mock-llm did not print its address");
 }
 

@@ -63,10 +63,10 @@ impl PromptBuilder {
     fn workspace_section(&self, workspace: &Path) -> String {
         let ttl = Duration::from_millis(PROMPT_CACHE_TTL_MS);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, section)) = cache.get(workspace) {
-            if at.elapsed() < ttl {
-                return section.clone();
-            }
+        if let Some((at, section)) = cache.get(workspace)
+            && at.elapsed() < ttl
+        {
+            return section.clone();
         }
         let section = read_workspace_files(workspace);
         cache.insert(workspace.to_path_buf(), (Instant::now(), section.clone()));

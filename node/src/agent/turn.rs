@@ -580,19 +580,17 @@ impl TurnRunner {
         message.reply_to = std::mem::take(&mut state.reply_to);
         let has_output = !message.content.is_empty();
         // A turn that produced nothing leaves nothing behind; anything streamed is kept once.
-        if has_output || (error.is_none() && stop != StopReason::Aborted) {
-            if let Err(e) =
+        if (has_output || (error.is_none() && stop != StopReason::Aborted))
+            && let Err(e) =
                 self.ports.output.append(&turn.session, turn.epoch, vec![message.clone()]).await
-            {
-                return self.fail(&run, &absorbed, "output", e.to_string());
-            }
+        {
+            return self.fail(&run, &absorbed, "output", e.to_string());
         }
-        if state.usage.total() > 0 {
-            if let Err(e) =
+        if state.usage.total() > 0
+            && let Err(e) =
                 self.ports.output.add_usage(&turn.session, turn.epoch, state.usage).await
-            {
-                tracing::warn!(error = %e, "cannot add usage to the session");
-            }
+        {
+            tracing::warn!(error = %e, "cannot add usage to the session");
         }
         match (error, stop) {
             (Some((kind, text)), _) => self.fail(&run, &absorbed, &kind, text),

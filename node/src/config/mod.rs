@@ -384,10 +384,10 @@ impl LoadedConfig {
             fallbacks: Vec::new(),
         };
         let providers = &self.config.models.providers;
-        if let Some((id, p)) = providers.iter().find(|(_, p)| !p.models.is_empty()) {
-            if let Some(first) = p.models.first() {
-                return single(id, &first.id);
-            }
+        if let Some((id, first)) =
+            providers.iter().find_map(|(id, p)| Some((id, p.models.first()?)))
+        {
+            return single(id, &first.id);
         }
         if self.env_keys.anthropic.is_some() || providers.contains_key(ANTHROPIC_PROVIDER_ID) {
             return single(ANTHROPIC_PROVIDER_ID, ANTHROPIC_MODEL_DEFAULT);

@@ -109,13 +109,13 @@ pub fn parse(text: &str) -> Result<Vec<ScriptResponse>, ScriptParseError> {
                 "responses[{i}].chunkChars must be at least 1"
             )));
         }
-        if let Some(e) = &r.error {
-            if !(400..=599).contains(&e.status) {
-                return Err(ScriptParseError::Invalid(format!(
-                    "responses[{i}].error.status {} is not an HTTP error status",
-                    e.status
-                )));
-            }
+        if let Some(e) = &r.error
+            && !(400..=599).contains(&e.status)
+        {
+            return Err(ScriptParseError::Invalid(format!(
+                "responses[{i}].error.status {} is not an HTTP error status",
+                e.status
+            )));
         }
         if r.tokens_per_second.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
             return Err(ScriptParseError::Invalid(format!(

@@ -159,11 +159,12 @@ impl ModelRouter {
     ) -> Result<OpenedStream, Walk> {
         let mut last_error = None;
         for profile in credentials {
-            if let Some(p) = profile {
-                if let Some(until) = self.profiles.unavailable_until(&p.id, Instant::now()) {
-                    tracing::debug!(profile = %p.id, wait_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "auth profile cooling down; skipped");
-                    continue;
-                }
+            if let Some(p) = profile
+                && let Some(until) = self.profiles.unavailable_until(&p.id, Instant::now())
+            {
+                let wait_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+                tracing::debug!(profile = %p.id, wait_ms, "auth profile cooling down; skipped");
+                continue;
             }
             let profile_id = profile.map(|p| p.id.as_str());
             let mut attempt = 0;
