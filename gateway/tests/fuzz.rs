@@ -1,5 +1,7 @@
 //! Random and mutated frames through the real decoder and dispatcher, on a live connection:
 //! every frame gets an answer or is ignored, and the connection keeps serving.
+// Harness code outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
