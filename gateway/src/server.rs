@@ -67,6 +67,8 @@ pub(crate) struct Shared<S> {
     health_cache: Mutex<Option<(Instant, NodeHealth)>>,
     presence_dirty: Notify,
     pub(crate) shutting_down: AtomicBool,
+    /// The node sent `NodeEvent::Shutdown`; clients already heard why.
+    shutdown_announced: AtomicBool,
 }
 
 impl<S: GatewayService> Shared<S> {
@@ -161,13 +163,21 @@ impl<S: GatewayService> Shared<S> {
                     payload["restartExpectedMs"] = ms.into();
                 }
                 tracing::info!(%payload, "announcing shutdown to clients");
+                self.shutdown_announced.store(true, Ordering::Release);
                 self.connections.broadcast("shutdown", &payload.to_string(), None);
             }
         }
     }
 
     fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Clients hear it before the close, unless the node already announced its drain.
+        if !self.shutdown_announced.load(Ordering::Acquire) {
+            let payload = json!({"reason": "gateway stopping"}).to_string();
+            self.connections.broadcast("shutdown", &payload, None);
+        }
         self.connections.close_all(CLOSE_SERVICE_RESTART, "gateway shutting down");
     }
 }
@@ -238,6 +248,7 @@ impl BoundGateway {
             health_cache: Mutex::new(None),
             presence_dirty: Notify::new(),
             shutting_down: AtomicBool::new(false),
+            shutdown_announced: AtomicBool::new(false),
         });
         tracing::info!(addr = %self.local_addr, auth = shared.config.auth.mode.as_str(),
             node = %shared.node.node_id, "gateway listening");

@@ -343,7 +343,20 @@ async fn unsupported_and_unknown_methods_are_refused_and_the_connection_stays_up
     assert!(res["error"]["message"].as_str().unwrap().contains("unknown method"));
     assert!(res["error"]["message"].as_str().unwrap().contains("not supported by BeamClaw"));
     client.ok("health", json!({})).await;
+    let res = client.request("connect", json!({})).await;
+    assert!(res["error"]["message"].as_str().unwrap().contains("already connected"), "{res}");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_the_gateway_says_shutdown_then_closes_with_1012() {
+    let gw = start(config()).await;
+    let mut client = connect(&gw, &ConnectOptions::default()).await;
+    let stopping = tokio::spawn(gw.stop());
+    let shutdown = client.event(|f| f["event"] == "shutdown").await;
+    assert_eq!(shutdown["payload"]["reason"], "gateway stopping");
+    assert_eq!(read_close(&mut client.socket).await.unwrap().0, 1012);
+    stopping.await.unwrap();
 }
 
 #[tokio::test]

@@ -494,6 +494,13 @@ fn handle_text<S: GatewayService>(
         send_error(shared, connection, &request.id, &err);
         return;
     }
+    if request.method == "connect" {
+        let err = WireError::invalid(
+            "already connected: connect is only valid as the first frame of a connection",
+        );
+        send_error(shared, connection, &request.id, &err);
+        return;
+    }
     let Some(method) = Method::parse(&request.method) else {
         let err = WireError::unsupported_method(&request.method, is_official(&request.method));
         send_error(shared, connection, &request.id, &err);
