@@ -6,3 +6,4 @@
 //! The core must not know: tokio, clocks, sockets, threads, OS entropy.
 
 pub mod core;
+pub mod driver;

@@ -1,0 +1,397 @@
+//! Replication: pushes of every change to the replicas, a write quorum, and anti-entropy.
+//!
+//! The writer of a session (its owner) pushes the chunks of each change to the other replicas at
+//! once, unless the transport reports the peer congested (backpressure: the change then waits for
+//! anti-entropy). Periodically each node sends one peer, in turn, a digest of the sessions both
+//! should hold (heads digest and owner record); any session whose heads differ is brought level
+//! with Automerge's sync protocol, and a stale owner record is answered with the newer one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use beamclaw_crdt::doc::{PeerSyncState, SyncMessage};
+use beamclaw_crdt::{Chunk, HeadsDigest, SessionKey};
+
+use super::api::{Millis, RequestError};
+use super::ids::{Epoch, NodeId};
+use super::node::{AfterDurable, Node};
+use super::placement;
+use super::storage::{Disk, WriteOp, peer_name};
+use super::timers::Timer;
+use super::wire::{DIGEST_ENTRIES_MAX, DigestEntry, Msg};
+
+/// Sessions looked at per anti-entropy round (bounds the work of one timer firing).
+pub const AE_SCAN_SESSIONS_MAX: usize = 4096;
+
+/// Sync exchanges started because of one digest, at most.
+pub const SYNC_STARTS_PER_DIGEST_MAX: usize = 64;
+
+/// Sync exchanges in progress (all peers), at most; the least recently active is dropped.
+pub const SYNC_EXCHANGES_MAX: usize = 4096;
+
+/// How long a write quorum may wait for replica acknowledgements, in milliseconds.
+pub const QUORUM_WAIT_MS: u64 = 5_000;
+
+/// A submit waiting for its write quorum.
+#[derive(Debug)]
+pub(crate) struct QuorumWait {
+    pub needed: usize,
+    pub acks: BTreeSet<NodeId>,
+    pub local: bool,
+    pub then: Vec<AfterDurable>,
+}
+
+struct Exchange {
+    state: PeerSyncState,
+    last: Millis,
+}
+
+/// Sync exchanges in progress, by (peer, session).
+#[derive(Default)]
+pub(crate) struct SyncTable {
+    exchanges: BTreeMap<(NodeId, SessionKey), Exchange>,
+}
+
+impl SyncTable {
+    fn busy(&self, peer: NodeId, session: &SessionKey, now: Millis, idle_ms: u64) -> bool {
+        self.exchanges.get(&(peer, session.clone())).is_some_and(|x| now.saturating_sub(x.last) < idle_ms)
+    }
+
+    pub fn forget_peer(&mut self, peer: &NodeId) {
+        self.exchanges.retain(|(p, _), _| p != peer);
+    }
+
+    fn make_room(&mut self) {
+        if self.exchanges.len() < SYNC_EXCHANGES_MAX {
+            return;
+        }
+        if let Some(oldest) = self.exchanges.iter().min_by_key(|(_, x)| x.last).map(|(k, _)| k.clone()) {
+            self.exchanges.remove(&oldest);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.exchanges.len()
+    }
+}
+
+impl<D: Disk> Node<D> {
+    /// The replicas of `session` in our current view, us excluded.
+    pub(crate) fn other_replicas(&self, session: &SessionKey) -> Vec<NodeId> {
+        let me = self.cfg.node;
+        placement::replicas(session, self.members.live_nodes(), self.cfg.replication_factor)
+            .into_iter()
+            .filter(|n| *n != me)
+            .collect()
+    }
+
+    /// Pushes new chunks of `session` to its replicas. Returns the acknowledgement id when a
+    /// write quorum is configured.
+    pub(crate) fn push_changes(&mut self, session: &SessionKey, chunks: Vec<Chunk>) -> Option<u64> {
+        let ack = (self.cfg.write_quorum > 1).then(|| {
+            self.next_ack += 1;
+            self.next_ack
+        });
+        let epoch = self.sessions.get(session).and_then(|s| s.epoch);
+        for r in self.other_replicas(session) {
+            if self.congested.contains(&r) {
+                self.counters.changes_skipped_congested += 1;
+                continue;
+            }
+            self.counters.changes_pushed += 1;
+            self.send(r, Msg::Changes { session: session.clone(), chunks: chunks.clone(), epoch, ack });
+        }
+        ack
+    }
+
+    /// Holds `then` until the change with acknowledgement `ack` is durable here and on enough
+    /// replicas.
+    pub(crate) fn wait_quorum(&mut self, session: &SessionKey, ack: u64, then: Vec<AfterDurable>) {
+        let needed = self.cfg.write_quorum.saturating_sub(1);
+        self.quorum.insert(ack, QuorumWait { needed, acks: BTreeSet::new(), local: false, then });
+        self.when_durable(session, AfterDurable::QuorumLocal { ack });
+        self.set_timer(self.now + QUORUM_WAIT_MS, Timer::Quorum(ack));
+    }
+
+    pub(crate) fn quorum_local(&mut self, ack: u64) {
+        if let Some(q) = self.quorum.get_mut(&ack) {
+            q.local = true;
+        }
+        self.check_quorum(ack);
+    }
+
+    pub(crate) fn quorum_ack(&mut self, from: NodeId, ack: u64) {
+        if let Some(q) = self.quorum.get_mut(&ack) {
+            q.acks.insert(from);
+        }
+        self.check_quorum(ack);
+    }
+
+    fn check_quorum(&mut self, ack: u64) {
+        let done = self.quorum.get(&ack).is_some_and(|q| q.local && q.acks.len() >= q.needed);
+        if done {
+            if let Some(q) = self.quorum.remove(&ack) {
+                for w in q.then {
+                    self.run_quorum_action(w);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn quorum_timed_out(&mut self, ack: u64) {
+        let Some(q) = self.quorum.remove(&ack) else { return };
+        let reason = format!(
+            "write quorum of {} not reached: {} replica(s) acknowledged within {QUORUM_WAIT_MS} ms",
+            self.cfg.write_quorum,
+            q.acks.len()
+        );
+        for w in q.then {
+            match w {
+                AfterDurable::Respond { to, .. } => {
+                    self.answer(to, Err(RequestError::Unavailable(reason.clone())))
+                }
+                // The message is stored here: its turn still runs; only the client is told the
+                // write did not reach its quorum (a retry returns in_flight or ok).
+                other => self.run_quorum_action(other),
+            }
+        }
+    }
+
+    fn run_quorum_action(&mut self, action: AfterDurable) {
+        match action {
+            AfterDurable::Respond { to, result } => self.answer(to, result),
+            AfterDurable::StartTurn { session, message_id } => self.start_turn(&session, &message_id),
+            other => tracing::error!(?other, "unexpected action behind a write quorum"),
+        }
+    }
+
+    /// Chunks pushed to us by the writer of `session`.
+    pub(crate) fn receive_changes(
+        &mut self,
+        from: NodeId,
+        session: SessionKey,
+        chunks: Vec<Chunk>,
+        epoch: Option<Epoch>,
+        ack: Option<u64>,
+    ) {
+        if let Some(e) = epoch {
+            self.observe_epoch(&session, e);
+        }
+        if let Err(e) = self.hydrate_or_empty(&session) {
+            tracing::warn!(%session, error = %e, "pushed changes not applied");
+            return;
+        }
+        let mut changed = false;
+        for chunk in &chunks {
+            match self.with_doc(&session, |doc| doc.apply_chunk(chunk)) {
+                Some(Ok(outcome)) => changed |= outcome.changed,
+                Some(Err(e)) => {
+                    tracing::warn!(%session, part = %chunk.part, error = %e, "pushed chunk refused");
+                }
+                None => {}
+            }
+        }
+        if changed {
+            self.commit_doc(&session, false);
+            self.remote_changes_arrived(&session);
+        }
+        if let Some(ack) = ack {
+            self.when_durable(&session, AfterDurable::ChangesAck { session: session.clone(), to: from, ack });
+        }
+    }
+
+    /// If we own `session`, look for unanswered user messages once the dust settles.
+    pub(crate) fn remote_changes_arrived(&mut self, session: &SessionKey) {
+        if self.sessions.get(session).is_some_and(|s| s.role.is_some()) {
+            let at = self.now + self.cfg.timing.unanswered_delay_ms;
+            self.set_timer(at, Timer::Unanswered(session.clone()));
+        }
+    }
+
+    // ---- anti-entropy -----------------------------------------------------------------------
+
+    /// Sends the next peer a digest of the next range of sessions it should hold.
+    pub(crate) fn anti_entropy_round(&mut self) {
+        if self.cfg.planted.skip_anti_entropy || self.left {
+            return; // PLANTED BUG (simulator only) when set: replicas never repair.
+        }
+        let peers: Vec<NodeId> = self.members.alive().keys().copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = match self.ae_peer_cursor {
+            Some(prev) => peers.iter().copied().find(|p| *p > prev).unwrap_or(peers[0]),
+            None => peers[0],
+        };
+        self.ae_peer_cursor = Some(peer);
+        let from = self.ae_key_cursor.get(&peer).cloned();
+        let lower = from.as_ref().map_or(Bound::Unbounded, |k| Bound::Excluded(k.clone()));
+        let live: Vec<NodeId> = self.members.live_nodes().collect();
+        let r = self.cfg.replication_factor;
+        let mut entries = Vec::new();
+        let mut last = None;
+        let mut scanned = 0;
+        let mut reached_end = true;
+        for (key, state) in self.sessions.range((lower, Bound::Unbounded)) {
+            scanned += 1;
+            last = Some(key.clone());
+            let holds = state.epoch.is_some_and(|e| e.node == peer)
+                || placement::replicas(key, live.iter().copied(), r).contains(&peer);
+            if holds {
+                entries.push(DigestEntry { session: key.clone(), heads: state.heads, epoch: state.epoch });
+            }
+            if entries.len() >= DIGEST_ENTRIES_MAX || scanned >= AE_SCAN_SESSIONS_MAX {
+                reached_end = false;
+                break;
+            }
+        }
+        let to = if reached_end { None } else { last };
+        match &to {
+            Some(k) => {
+                self.ae_key_cursor.insert(peer, k.clone());
+            }
+            None => {
+                self.ae_key_cursor.remove(&peer);
+            }
+        }
+        self.counters.digests_sent += 1;
+        self.send(peer, Msg::Digest { entries, from, to });
+    }
+
+    pub(crate) fn receive_digest(
+        &mut self,
+        from: NodeId,
+        entries: Vec<DigestEntry>,
+        lo: Option<SessionKey>,
+        hi: Option<SessionKey>,
+    ) {
+        let mut mentioned = BTreeSet::new();
+        let mut starts = 0;
+        for e in entries {
+            mentioned.insert(e.session.clone());
+            if let Some(epoch) = e.epoch {
+                self.observe_epoch(&e.session, epoch);
+            }
+            let ours = self.sessions.get(&e.session).map(|s| (s.epoch, s.heads));
+            if let Some((Some(our_epoch), _)) = ours {
+                if e.epoch.is_none_or(|theirs| theirs < our_epoch) {
+                    self.send(from, Msg::Owner { session: e.session.clone(), epoch: our_epoch });
+                }
+            }
+            let our_heads = ours.map(|(_, heads)| heads);
+            if our_heads != Some(e.heads) && starts < SYNC_STARTS_PER_DIGEST_MAX {
+                starts += 1;
+                self.start_sync(from, &e.session, false);
+            }
+        }
+        // Sessions in the digest's range that the sender should hold but did not mention: it
+        // lacks them.
+        let lower = lo.map_or(Bound::Unbounded, Bound::Excluded);
+        let upper = hi.map_or(Bound::Unbounded, Bound::Included);
+        let live: Vec<NodeId> = self.members.live_nodes().collect();
+        let r = self.cfg.replication_factor;
+        let missing: Vec<SessionKey> = self
+            .sessions
+            .range((lower, upper))
+            .filter(|(k, s)| {
+                !mentioned.contains(*k)
+                    && s.heads != HeadsDigest::default()
+                    && placement::replicas(k, live.iter().copied(), r).contains(&from)
+            })
+            .take(SYNC_STARTS_PER_DIGEST_MAX.saturating_sub(starts))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in missing {
+            self.start_sync(from, &key, false);
+        }
+    }
+
+    /// Opens a sync exchange with `peer` for `session` (unless one is active; `force` restarts
+    /// it). Starts from the persisted form of the sync state, so an exchange that lost messages
+    /// earlier cannot stall this one.
+    pub(crate) fn start_sync(&mut self, peer: NodeId, session: &SessionKey, force: bool) {
+        if peer == self.cfg.node {
+            return;
+        }
+        if !force && self.sync.busy(peer, session, self.now, self.cfg.timing.sync_idle_ms) {
+            return;
+        }
+        if let Err(e) = self.hydrate_or_empty(session) {
+            tracing::warn!(%session, error = %e, "sync not started");
+            return;
+        }
+        let stored = self.sync.exchanges.get(&(peer, session.clone())).map(|x| x.state.encode());
+        let stored = match stored {
+            Some(bytes) => Some(bytes),
+            None => self.disk.sync_state(&peer, session).ok().flatten(),
+        };
+        let state = stored.and_then(|b| PeerSyncState::decode(&b).ok()).unwrap_or_default();
+        self.sync.make_room();
+        self.sync.exchanges.insert((peer, session.clone()), Exchange { state, last: self.now });
+        self.send_sync_round(peer, session, true);
+    }
+
+    /// Generates and sends our next sync message to `peer`; when there is nothing to say and
+    /// `report` is false, the exchange is over and its state is persisted.
+    fn send_sync_round(&mut self, peer: NodeId, session: &SessionKey, report: bool) {
+        let key = (peer, session.clone());
+        let Some(mut x) = self.sync.exchanges.remove(&key) else { return };
+        let message: Option<SyncMessage> = self
+            .with_doc(session, |doc| doc.generate_sync_message(&mut x.state))
+            .and_then(|r| r.map_err(|e| tracing::warn!(%session, error = %e, "sync message not generated")).ok())
+            .flatten();
+        let heads = self.sessions.get(session).map(|s| s.heads).unwrap_or_default();
+        let epoch = self.sessions.get(session).and_then(|s| s.epoch);
+        if message.is_none() && !report {
+            // Both sides have nothing more to say.
+            let bytes = x.state.encode();
+            self.write(Some(session), WriteOp::PutSyncState { peer: peer_name(&peer), key: session.clone(), bytes });
+            return;
+        }
+        x.last = self.now;
+        self.sync.exchanges.insert(key, x);
+        self.counters.sync_rounds += 1;
+        self.send(peer, Msg::Sync { session: session.clone(), message, heads, epoch });
+    }
+
+    pub(crate) fn receive_sync(
+        &mut self,
+        from: NodeId,
+        session: SessionKey,
+        message: Option<SyncMessage>,
+        their_heads: HeadsDigest,
+        epoch: Option<Epoch>,
+    ) {
+        if let Some(e) = epoch {
+            self.observe_epoch(&session, e);
+        }
+        if let Err(e) = self.hydrate_or_empty(&session) {
+            tracing::warn!(%session, error = %e, "sync message not applied");
+            return;
+        }
+        let key = (from, session.clone());
+        if !self.sync.exchanges.contains_key(&key) {
+            let stored = self.disk.sync_state(&from, &session).ok().flatten();
+            let state = stored.and_then(|b| PeerSyncState::decode(&b).ok()).unwrap_or_default();
+            self.sync.make_room();
+            self.sync.exchanges.insert(key.clone(), Exchange { state, last: self.now });
+        }
+        let had_message = message.is_some();
+        if let Some(m) = message {
+            let Some(mut x) = self.sync.exchanges.remove(&key) else { return };
+            let outcome = self.with_doc(&session, |doc| doc.receive_sync_message(&mut x.state, &m));
+            x.last = self.now;
+            self.sync.exchanges.insert(key, x);
+            match outcome {
+                Some(Ok(o)) if o.changed => {
+                    self.commit_doc(&session, false);
+                    self.remote_changes_arrived(&session);
+                }
+                Some(Err(e)) => tracing::warn!(%session, error = %e, "sync message refused"),
+                _ => {}
+            }
+        }
+        self.send_sync_round(from, &session, had_message);
+        self.handoff_sync_progress(from, &session, their_heads);
+    }
+}

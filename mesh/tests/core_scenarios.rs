@@ -1,0 +1,174 @@
+//! Scenario tests of the mesh core, one behaviour each, on the small deterministic harness.
+
+mod support;
+
+use beamclaw_mesh::core::{RequestBody, Response, RunStatus};
+use support::{Harness, key};
+
+fn submitted(h: &Harness, req: u64) -> (String, RunStatus, u64) {
+    match h.response(req) {
+        Some(Ok(Response::Submitted { message_id, status, epoch, .. })) => (message_id.clone(), *status, epoch.term),
+        other => panic!("request {req}: expected a submit answer, got {other:?}"),
+    }
+}
+
+fn owner_index(h: &mut Harness, session: &beamclaw_crdt::SessionKey) -> usize {
+    let owners: Vec<usize> = (0..h.nodes.len())
+        .filter(|i| h.nodes[*i].as_ref().is_some_and(|n| n.owned_sessions().contains(session)))
+        .collect();
+    assert_eq!(owners.len(), 1, "expected exactly one owner, got {owners:?}");
+    owners[0]
+}
+
+#[test]
+fn single_node_acknowledges_after_durable_and_answers_once() {
+    let mut h = Harness::new(1);
+    let s = key("solo");
+    let req = h.submit(0, &s, "hello", "k1");
+    // Nothing is acknowledged before the write batch is durable (fsync takes 1 ms here).
+    assert!(h.response(req).is_none());
+    h.run_for(200);
+    let (id, status, _) = submitted(&h, req);
+    assert_eq!(status, RunStatus::Started);
+    assert_eq!(h.started.len(), 1);
+    let history = h.history(0, &s);
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].id, id);
+    assert_eq!(history[1].reply_to, vec![id]);
+}
+
+#[test]
+fn a_repeated_idempotency_key_never_starts_a_second_turn() {
+    let mut h = Harness::new(1);
+    let s = key("idem");
+    let a = h.submit(0, &s, "hello", "same");
+    h.run_for(5);
+    let b = h.submit(0, &s, "hello again", "same");
+    h.run_for(5);
+    assert_eq!(submitted(&h, b).1, RunStatus::InFlight);
+    h.run_for(200);
+    let c = h.submit(0, &s, "hello a third time", "same");
+    h.run_for(50);
+    assert_eq!(submitted(&h, a).0, submitted(&h, c).0);
+    assert_eq!(submitted(&h, c).1, RunStatus::Done);
+    assert_eq!(h.started.len(), 1);
+    assert_eq!(h.history(0, &s).len(), 2);
+}
+
+#[test]
+fn three_nodes_form_a_cluster_and_any_node_serves_any_session() {
+    let mut h = Harness::new(3);
+    h.run_for(3_000);
+    for i in 0..3 {
+        assert_eq!(h.node(i).live_members().len(), 3, "node {i} sees {:?}", h.node(i).live_members());
+    }
+    let s = key("shared");
+    let req = h.submit(2, &s, "from node 2", "k1");
+    h.run_for(500);
+    let (id, status, _) = submitted(&h, req);
+    assert_eq!(status, RunStatus::Started);
+    // Every replica converges on the user message and its reply.
+    h.run_for(3_000);
+    for i in 0..3 {
+        let history = h.history(i, &s);
+        assert_eq!(history.len(), 2, "node {i}: {history:?}");
+        assert_eq!(history[0].id, id);
+    }
+    let read = h.request(1, &s, RequestBody::Read { limit: 10, before: None });
+    h.run_for(100);
+    match h.response(read) {
+        Some(Ok(Response::History { messages, .. })) => assert_eq!(messages.len(), 2),
+        other => panic!("read: {other:?}"),
+    }
+}
+
+#[test]
+fn a_crashed_owner_is_replaced_and_nothing_acknowledged_is_lost() {
+    let mut h = Harness::new(3);
+    h.run_for(3_000);
+    let s = key("failover");
+    let first = h.submit(0, &s, "before the crash", "k1");
+    h.run_for(1_000);
+    let (first_id, _, term) = submitted(&h, first);
+    let owner = owner_index(&mut h, &s);
+    h.crash(owner);
+    // SWIM notices within a few seconds; the next node of the preference list takes over.
+    h.run_for(10_000);
+    let other = (0..3).find(|i| *i != owner).unwrap();
+    let second = h.submit(other, &s, "after the crash", "k2");
+    h.run_for(1_000);
+    let (_, status, new_term) = submitted(&h, second);
+    assert_eq!(status, RunStatus::Started);
+    assert!(new_term > term, "epoch must grow on takeover: {term} -> {new_term}");
+    let history = h.history(other, &s);
+    assert!(history.iter().any(|m| m.id == first_id), "acknowledged message lost: {history:?}");
+    // The restarted node rejoins and catches up.
+    h.start(owner);
+    h.run_for(10_000);
+    let history = h.history(owner, &s);
+    assert_eq!(history.len(), 4, "{history:?}");
+}
+
+#[test]
+fn drain_hands_sessions_over_without_running_a_turn_twice() {
+    let mut h = Harness::new(3);
+    h.run_for(3_000);
+    let sessions: Vec<_> = (0..6).map(|i| key(&format!("d{i}"))).collect();
+    for (n, s) in sessions.iter().enumerate() {
+        h.submit(n % 3, s, "hi", &format!("k{n}"));
+    }
+    h.run_for(2_000);
+    let starts_before = h.started.len();
+    assert_eq!(starts_before, sessions.len());
+    let victim = 0;
+    let owned = h.node(victim).owned_sessions();
+    h.drain(victim, 5_000);
+    h.run_for(6_000);
+    assert!(h.drained(victim), "node {victim} did not finish draining");
+    for s in &owned {
+        let owner = owner_index(&mut h, s);
+        assert_ne!(owner, victim);
+    }
+    // No turn ran twice, and new messages to moved sessions are served by their new owners.
+    assert_eq!(h.started.len(), starts_before);
+    for (n, s) in owned.iter().enumerate() {
+        let req = h.submit(1, s, "after drain", &format!("after{n}"));
+        h.run_for(500);
+        assert_eq!(submitted(&h, req).1, RunStatus::Started);
+    }
+}
+
+#[test]
+fn both_sides_of_a_partition_keep_working_and_merge_when_it_heals() {
+    let mut h = Harness::new(3);
+    h.run_for(3_000);
+    let s = key("split");
+    let before = h.submit(0, &s, "before", "k0");
+    h.run_for(500);
+    submitted(&h, before);
+    let owner = owner_index(&mut h, &s);
+    let minority = [owner];
+    let majority: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    h.partition(&minority, &majority);
+    let a = h.submit(owner, &s, "minority side", "ka");
+    h.run_for(10_000);
+    let b = h.submit(majority[0], &s, "majority side", "kb");
+    h.run_for(2_000);
+    let (a_id, _, _) = submitted(&h, a);
+    let (b_id, _, _) = submitted(&h, b);
+    h.heal();
+    h.run_for(15_000);
+    for i in 0..3 {
+        let history = h.history(i, &s);
+        assert!(history.iter().any(|m| m.id == a_id), "node {i} lacks the minority's message");
+        assert!(history.iter().any(|m| m.id == b_id), "node {i} lacks the majority's message");
+        let mut ids: Vec<_> = history.iter().map(|m| m.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), history.len(), "duplicate ids on node {i}");
+    }
+    let heads: Vec<_> = (0..3).map(|i| h.node(i).heads_of(&s)).collect();
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "replicas did not converge: {heads:?}");
+    // After the heal exactly one owner remains.
+    owner_index(&mut h, &s);
+}
