@@ -109,7 +109,7 @@ impl fmt::Debug for HeadsDigest {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OwnerRecord {
     pub epoch: u64,
-    /// The owner's node id (base58 PeerId).
+    /// The owner's node id: hex of its 32-byte Ed25519 public key.
     pub node: String,
 }
 

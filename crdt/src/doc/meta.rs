@@ -6,12 +6,12 @@
 //! increments on two replicas add up.
 
 use super::error::DocError;
-use super::part::{KEY_ARCHIVES, KEY_META, Part, scalar_str};
+use super::part::{KEY_ARCHIVES, KEY_META, Part, genesis_object, scalar_str};
 use super::{ARCHIVE_REASON_BYTES_MAX, META_VALUE_BYTES_MAX};
 use crate::message::Usage;
 use crate::types::PartId;
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{AutoCommit, AutomergeError, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 
 const KEY_SESSION_ID: &str = "sessionId";
 const KEY_AGENT_ID: &str = "agentId";
@@ -27,7 +27,7 @@ const KEY_REASON: &str = "reason";
 
 /// One change to a metadata setting. OpenClaw's `sessions.patch` sends `null` to clear a field
 /// and leaves absent fields alone.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FieldPatch<T> {
     #[default]
     Leave,
@@ -115,7 +115,7 @@ fn write_field<T: MetaValue>(
 macro_rules! settings {
     ($($(#[$doc:meta])* $field:ident: $ty:ty => $key:literal,)*) => {
         /// A session's metadata as the manifest holds it: OpenClaw's SessionEntry fields.
-        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         pub struct SessionMeta {
             /// The current transcript.
             pub session_id: String,
@@ -133,7 +133,7 @@ macro_rules! settings {
         }
 
         /// A change to the settings of [`SessionMeta`]: each field is left, set or cleared.
-        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         pub struct MetaPatch {
             $($(#[$doc])* pub $field: FieldPatch<$ty>,)*
         }
@@ -192,6 +192,9 @@ settings! {
     /// Size of the context of the last turn, in tokens. A snapshot, not a sum: it is a
     /// last-writer-wins value, unlike the token counters.
     context_tokens: u64 => "contextTokens",
+    /// When the session was deleted (milliseconds since the Unix epoch): a tombstone, so that a
+    /// replica that missed the delete cannot bring the session back. Hidden from listings.
+    deleted_at: u64 => "deletedAt",
 }
 
 /// A transcript set aside by a reset; its segments stay readable.
@@ -208,13 +211,7 @@ pub struct ArchiveEntry {
 pub const ARCHIVE_REASON_CONCURRENT: &str = "concurrent";
 
 fn object(doc: &AutoCommit, key: &str, ty: ObjType) -> Result<ObjId, DocError> {
-    match doc.get(ROOT, key).map_err(DocError::automerge(&PartId::Manifest))? {
-        Some((Value::Object(found), obj)) if found == ty => Ok(obj),
-        _ => Err(DocError::MalformedPart {
-            part: PartId::Manifest,
-            reason: format!("no {key} {ty:?} at the root"),
-        }),
-    }
+    genesis_object(doc, &PartId::Manifest, key, ty)
 }
 
 fn counter(doc: &AutoCommit, meta: &ObjId, key: &str) -> u64 {

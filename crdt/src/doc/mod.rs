@@ -285,6 +285,57 @@ impl SessionDoc {
         })
     }
 
+    /// A replica's placeholder for a session it has not received yet: the manifest's genesis
+    /// only, no transcript. Pushed chunks and sync messages fill it in (the manifest brings the
+    /// session id); [`Self::is_initialized`] tells when that happened.
+    pub fn empty(key: SessionKey, actor: &[u8]) -> Result<SessionDoc, DocError> {
+        let actor = part::writer_actor_id(actor)?;
+        let manifest = Part::genesis(&key, &PartId::Manifest, &actor)?;
+        Ok(SessionDoc {
+            key,
+            actor,
+            limits: SegmentLimits::default(),
+            manifest,
+            transcripts: BTreeMap::new(),
+            session_id: String::new(),
+            index: Transcript::default(),
+        })
+    }
+
+    /// Whether the manifest (with its session id) has arrived; false only for [`Self::empty`]
+    /// placeholders.
+    pub fn is_initialized(&self) -> bool {
+        !self.session_id.is_empty()
+    }
+
+    /// Turns an [`Self::empty`] placeholder into a new session (the owner found nothing of it
+    /// anywhere). Refuses an initialized document.
+    pub fn initialize(&mut self, agent_id: &str, session_id: &str, now_ms: i64) -> Result<(), DocError> {
+        if self.is_initialized() {
+            return Err(DocError::SessionId { id: session_id.to_owned(), reason: "the session already exists" });
+        }
+        if agent_id.is_empty() || agent_id.len() > AGENT_ID_BYTES_MAX {
+            return Err(DocError::AgentId { id: agent_id.to_owned() });
+        }
+        check_session_id(session_id)?;
+        meta::init(&mut self.manifest, self.key.as_str(), agent_id, session_id, now_ms)?;
+        self.session_id = session_id.to_owned();
+        self.rebuild_index();
+        Ok(())
+    }
+
+    /// Marks the session deleted at `now_ms` (a tombstone that replicates; see
+    /// `SessionMeta::deleted_at`). Idempotent.
+    pub fn mark_deleted(&mut self, now_ms: i64) -> Result<(), DocError> {
+        if self.meta()?.deleted_at.is_some() {
+            return Ok(());
+        }
+        let at = u64::try_from(now_ms).unwrap_or(0);
+        let patch = MetaPatch { deleted_at: FieldPatch::Set(at), ..MetaPatch::default() };
+        self.patch_meta(&patch)?;
+        Ok(())
+    }
+
     pub fn key(&self) -> &SessionKey {
         &self.key
     }
