@@ -769,6 +769,18 @@ async fn the_rate_limit_answers_retryable_unavailable() {
         }
     }
     assert!(limited >= 10, "{limited} of 20 were limited");
+    // Malformed frames cost tokens too.
+    for _ in 0..20 {
+        client.socket.send(Message::text("{oops")).await.unwrap();
+    }
+    let mut rate_limited = 0;
+    for _ in 0..20 {
+        let res = next_json(&mut client.socket).await.unwrap();
+        if res["error"]["details"]["code"] == "RATE_LIMITED" {
+            rate_limited += 1;
+        }
+    }
+    assert!(rate_limited >= 10, "{rate_limited} of 20 malformed frames were limited");
     tokio::time::sleep(Duration::from_millis(400)).await;
     client.ok("health", json!({})).await;
     gw.stop().await;

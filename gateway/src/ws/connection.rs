@@ -460,7 +460,27 @@ fn handle_text<S: GatewayService>(
     bucket: &mut TokenBucket,
     text: &str,
 ) {
-    let frame = match decode_client_frame(text, connection.protocol >= 4) {
+    let decoded = decode_client_frame(text, connection.protocol >= 4);
+    // Every frame costs a token, malformed ones too: answering them is work as well.
+    if let Err(retry_after_ms) = bucket.try_take(std::time::Instant::now()) {
+        let id = match &decoded {
+            Ok(ClientFrame::Request(request)) => request.id.as_str(),
+            Ok(ClientFrame::Cancel { id }) => id.as_str(),
+            Err(err) => err.id.as_deref().unwrap_or(UNKNOWN_REQUEST_ID),
+        };
+        let err = WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "rate limit: more than {} frames per second on this connection",
+                shared.config.limits.requests_per_second
+            ),
+        )
+        .retry_after(retry_after_ms)
+        .with_details(json!({"code": "RATE_LIMITED"}));
+        send_error(shared, connection, id, &err);
+        return;
+    }
+    let frame = match decoded {
         Ok(frame) => frame,
         Err(err) => {
             let id = err.id.as_deref().unwrap_or(UNKNOWN_REQUEST_ID);
@@ -481,19 +501,6 @@ fn handle_text<S: GatewayService>(
         }
         ClientFrame::Request(request) => request,
     };
-    if let Err(retry_after_ms) = bucket.try_take(std::time::Instant::now()) {
-        let err = WireError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "rate limit: more than {} requests per second on this connection",
-                shared.config.limits.requests_per_second
-            ),
-        )
-        .retry_after(retry_after_ms)
-        .with_details(json!({"code": "RATE_LIMITED"}));
-        send_error(shared, connection, &request.id, &err);
-        return;
-    }
     if request.method == "connect" {
         let err = WireError::invalid(
             "already connected: connect is only valid as the first frame of a connection",
