@@ -23,3 +23,13 @@ pub use doc::{
     AppendOutcome, ApplyOutcome, ArchiveEntry, DocError, FieldPatch, HISTORY_LIMIT_DEFAULT,
     HISTORY_LIMIT_MAX, MetaPatch, PeerSyncState, SEGMENT_BYTES_MAX, SEGMENT_MESSAGES_MAX,
     SYNC_MESSAGE_BYTES_MAX, SegmentLimits, SessionDoc, SessionMeta, SyncMessage, writer_actor,
+};
+
+pub mod cache;
+pub mod store;
+
+pub use cache::{CacheStats, HYDRATED_BYTES_BUDGET, HydratedDoc, SessionCache};
+pub use store::{
+    CommitInfo, ListedSession, OnDurable, QuarantineRecord, SessionPage, Store, StoreError,
+    StoreOptions, UpdatedCursor, WriteBatch, WriteOp,
+};

@@ -2,6 +2,8 @@
 //! listings page correctly without loading documents, deletes remove every trace of a session,
 //! and the on-disk format version is enforced.
 
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -108,7 +110,7 @@ fn list_by_updated_pages_newest_first_and_follows_updates() {
     let mut expected: Vec<(SessionKey, i64)> =
         (0..25).filter(|n| *n != 3).map(|n| (key(n), 1000 + n as i64)).collect();
     expected.push((key(3), 5000));
-    expected.sort_by(|a, b| b.1.cmp(&a.1));
+    expected.sort_by_key(|(_, updated_at_ms)| std::cmp::Reverse(*updated_at_ms));
     assert_eq!(seen, expected);
 
     let err = store.list_by_updated(LIST_PAGE_SESSIONS_MAX + 1, None).unwrap_err();

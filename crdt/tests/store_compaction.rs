@@ -1,6 +1,8 @@
 //! Compaction folds a part's chunks into one snapshot without losing a change, including changes
 //! that arrive while compaction runs; it leaves alone what it cannot fold safely.
 
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;

@@ -1,6 +1,8 @@
 //! A session whose stored bytes are corrupt is quarantined, named in the error, and recorded;
 //! the store still opens and every other session loads in full.
 
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
 use beamclaw_crdt::store::{STORE_FILE_NAME, Store, StoreError, StoreOptions, WriteBatch, WriteOp};
 use beamclaw_crdt::{IndexEntry, Message, PartId, SessionDoc, SessionKey, writer_actor};
 use redb::{ReadableTable, TableDefinition};

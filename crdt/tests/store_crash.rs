@@ -6,6 +6,8 @@
 //! The child is this test binary re-executed with `--ignored --exact crash_child` and
 //! `BEAMCLAW_CRASH_DIR` set.
 
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

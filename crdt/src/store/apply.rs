@@ -8,12 +8,15 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::StoreError;
 use super::batch::WriteOp;
 use super::tables::{
-    BY_UPDATED, CHUNKS, INDEX, NODE_META, PARTS, PartState, QUARANTINE, QuarantineRecord,
-    SNAPSHOTS, SYNC_STATES, encode_part, key_upper_bound,
+    BY_UPDATED, CHUNK_SEQ_NEXT_KEY, CHUNKS, COUNTERS, INDEX, NODE_META, PARTS, PartState,
+    QUARANTINE, QuarantineRecord, SNAPSHOTS, SYNC_STATES, encode_part, key_upper_bound,
 };
 use crate::types::{Chunk, IndexEntry, SessionKey};
 
 type ChunkKey = (&'static str, &'static [u8], u64);
+
+/// Sequence numbers start at 1: 0 in `PartState::snapshot_through` means "no snapshot".
+const FIRST_CHUNK_SEQ: u64 = 1;
 type PartKey = (&'static str, &'static [u8]);
 
 /// When a part's pending chunks should be folded into its snapshot.
@@ -37,8 +40,11 @@ pub(crate) struct PartRef {
 }
 
 /// Every table, opened once for the life of one write transaction (redb refuses to open a table
-/// twice in one transaction).
+/// twice in one transaction), and the store-wide chunk sequence counter.
 pub(crate) struct WriteTables<'txn> {
+    counters: Table<'txn, &'static str, u64>,
+    /// The sequence number the next chunk gets; written back by [`WriteTables::finish`].
+    chunk_seq_next: u64,
     pub(crate) chunks: Table<'txn, ChunkKey, &'static [u8]>,
     pub(crate) snapshots: Table<'txn, PartKey, &'static [u8]>,
     pub(crate) parts: Table<'txn, PartKey, (u64, u64, u64)>,
@@ -51,7 +57,14 @@ pub(crate) struct WriteTables<'txn> {
 
 impl<'txn> WriteTables<'txn> {
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        let counters = txn.open_table(COUNTERS).map_err(StoreError::db)?;
+        let chunk_seq_next = counters
+            .get(CHUNK_SEQ_NEXT_KEY)
+            .map_err(StoreError::db)?
+            .map_or(FIRST_CHUNK_SEQ, |row| row.value());
         Ok(Self {
+            counters,
+            chunk_seq_next,
             chunks: txn.open_table(CHUNKS).map_err(StoreError::db)?,
             snapshots: txn.open_table(SNAPSHOTS).map_err(StoreError::db)?,
             parts: txn.open_table(PARTS).map_err(StoreError::db)?,
@@ -61,6 +74,12 @@ impl<'txn> WriteTables<'txn> {
             node_meta: txn.open_table(NODE_META).map_err(StoreError::db)?,
             quarantine: txn.open_table(QUARANTINE).map_err(StoreError::db)?,
         })
+    }
+
+    /// Writes back the chunk sequence counter; call before committing.
+    pub(crate) fn finish(mut self) -> Result<(), StoreError> {
+        self.counters.insert(CHUNK_SEQ_NEXT_KEY, self.chunk_seq_next).map_err(StoreError::db)?;
+        Ok(())
     }
 
     /// Applies one op; parts that now need compaction are pushed onto `compact`.
@@ -99,11 +118,12 @@ impl<'txn> WriteTables<'txn> {
         let key = key.as_str();
         for chunk in chunks.iter().filter(|chunk| !chunk.bytes.is_empty()) {
             let part = encode_part(&chunk.part);
-            let mut state = self.part_state(key, &part)?;
+            let mut state = self.part_state(key, &part)?.unwrap_or_default();
+            let seq = self.chunk_seq_next;
+            self.chunk_seq_next += 1;
             self.chunks
-                .insert((key, part.as_slice(), state.next_seq), chunk.bytes.as_slice())
+                .insert((key, part.as_slice(), seq), chunk.bytes.as_slice())
                 .map_err(StoreError::db)?;
-            state.next_seq += 1;
             state.chunk_count += 1;
             state.chunk_bytes += chunk.bytes.len() as u64;
             self.parts.insert((key, part.as_slice()), state.to_row()).map_err(StoreError::db)?;
@@ -116,9 +136,13 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    pub(crate) fn part_state(&self, key: &str, part: &[u8]) -> Result<PartState, StoreError> {
+    pub(crate) fn part_state(
+        &self,
+        key: &str,
+        part: &[u8],
+    ) -> Result<Option<PartState>, StoreError> {
         let row = self.parts.get((key, part)).map_err(StoreError::db)?;
-        Ok(row.map(|row| PartState::from_row(row.value())).unwrap_or_default())
+        Ok(row.map(|row| PartState::from_row(row.value())))
     }
 
     fn put_index(&mut self, key: &SessionKey, entry: &IndexEntry) -> Result<(), StoreError> {

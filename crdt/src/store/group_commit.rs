@@ -9,15 +9,16 @@
 //! completion. Nothing is acknowledged before it is durable; a failed commit fails every batch
 //! in it with the same error.
 //!
-//! Compaction rounds run when the queue is empty, and at least every
-//! [`COMPACT_EVERY_GROUPS`] groups under sustained load, in their own transaction with
-//! `Durability::None`: a compaction is a rewrite of data that is already durable, so losing it
-//! in a crash loses nothing; the next group commit (or shutdown) makes it durable.
+//! Parts over the compaction threshold are handed to the compactor thread (at most
+//! [`COMPACT_PENDING_PARTS_MAX`] at a time); its results come back through the same queue and are
+//! applied in the next transaction. A transaction holding only compaction results (nothing to
+//! acknowledge) commits with `Durability::None`: it rewrites data that is already durable, so a
+//! crash before the next durable commit (or shutdown) loses nothing.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Instant;
 
@@ -26,7 +27,7 @@ use redb::{Database, Durability};
 use super::StoreError;
 use super::apply::{CompactThreshold, PartRef, WriteTables};
 use super::batch::{CommitInfo, WriteBatch};
-use super::compaction::{Compaction, compact_part};
+use super::compaction::{Compaction, CompactionReply, apply_fold};
 use super::tables::{QuarantineRecord, decode_part};
 use crate::types::SessionKey;
 
@@ -38,13 +39,9 @@ pub const WRITE_QUEUE_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub const GROUP_COMMIT_OPS_MAX: usize = 16_384;
 /// Most payload bytes applied in one group-commit transaction.
 pub const GROUP_COMMIT_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Most parts compacted in one compaction round.
-pub const COMPACT_PARTS_PER_ROUND_MAX: usize = 16;
-/// Under sustained load, a compaction round runs at least once every this many group commits.
-pub const COMPACT_EVERY_GROUPS: u64 = 8;
-/// Most parts remembered as waiting for compaction; beyond it a part is reported again by its
-/// next append.
-pub const COMPACT_PENDING_PARTS_MAX: usize = 65_536;
+/// Most parts handed to the compactor and not yet answered; beyond it a part is reported again
+/// by its next append.
+pub const COMPACT_PENDING_PARTS_MAX: usize = 4096;
 
 /// Called once with the outcome of a submitted batch, on the writer thread: keep it short (send
 /// on a channel, wake a task). A panic in it is caught and logged.
@@ -53,6 +50,7 @@ pub type OnDurable = Box<dyn FnOnce(Result<CommitInfo, StoreError>) + Send>;
 pub(crate) enum Job {
     Batch { batch: WriteBatch, bytes: usize, on_durable: OnDurable },
     Quarantine { key: SessionKey, record: QuarantineRecord },
+    Compaction(Box<CompactionReply>),
     Shutdown,
 }
 
@@ -145,6 +143,11 @@ impl WriteQueue {
     pub(crate) fn shutdown(&self) -> Result<(), StoreError> {
         self.sender.send(Job::Shutdown).map_err(|_| StoreError::Closed)
     }
+
+    /// A sender for the compactor's replies.
+    pub(crate) fn replies(&self) -> SyncSender<Job> {
+        self.sender.clone()
+    }
 }
 
 /// The writer thread's state.
@@ -153,12 +156,14 @@ pub(crate) struct Writer {
     jobs: Receiver<Job>,
     gauge: Arc<QueueGauge>,
     threshold: CompactThreshold,
-    pending: VecDeque<PartRef>,
-    pending_set: HashSet<PartRef>,
+    /// Parts for the compactor; `None` once stopping.
+    compactor: Option<SyncSender<PartRef>>,
+    compactor_stopping: Arc<AtomicBool>,
+    /// Parts handed to the compactor and not answered yet.
+    compacting: HashSet<PartRef>,
     next_group: u64,
-    groups_since_compaction: u64,
-    /// A compaction committed with `Durability::None` that no durable commit has followed yet.
-    unsynced_compaction: bool,
+    /// A transaction committed with `Durability::None` that no durable commit has followed yet.
+    unsynced: bool,
 }
 
 /// One group commit being assembled.
@@ -166,6 +171,7 @@ pub(crate) struct Writer {
 struct Group {
     batches: Vec<(WriteBatch, OnDurable)>,
     quarantines: Vec<(SessionKey, QuarantineRecord)>,
+    compactions: Vec<CompactionReply>,
     ops: usize,
     bytes: usize,
 }
@@ -178,13 +184,20 @@ impl Group {
                     || (self.ops + batch.ops.len() <= GROUP_COMMIT_OPS_MAX
                         && self.bytes + bytes <= GROUP_COMMIT_BYTES_MAX)
             }
-            Job::Quarantine { .. } | Job::Shutdown => true,
+            Job::Quarantine { .. } | Job::Compaction(_) | Job::Shutdown => true,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.batches.is_empty() && self.quarantines.is_empty()
+        self.batches.is_empty() && self.quarantines.is_empty() && self.compactions.is_empty()
     }
+}
+
+/// What committing a group changed, for the log.
+#[derive(Default)]
+struct Applied {
+    folds: usize,
+    stale_folds: usize,
 }
 
 impl Writer {
@@ -193,17 +206,19 @@ impl Writer {
         jobs: Receiver<Job>,
         gauge: Arc<QueueGauge>,
         threshold: CompactThreshold,
+        compactor: SyncSender<PartRef>,
+        compactor_stopping: Arc<AtomicBool>,
     ) -> Self {
         Self {
             db,
             jobs,
             gauge,
             threshold,
-            pending: VecDeque::new(),
-            pending_set: HashSet::new(),
+            compactor: Some(compactor),
+            compactor_stopping,
+            compacting: HashSet::new(),
             next_group: 1,
-            groups_since_compaction: 0,
-            unsynced_compaction: false,
+            unsynced: false,
         }
     }
 
@@ -211,7 +226,7 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let mut carried: Option<Job> = None;
         loop {
-            let Some(first) = carried.take().or_else(|| self.next_job()) else { break };
+            let Some(first) = carried.take().or_else(|| self.jobs.recv().ok()) else { break };
             let mut group = Group::default();
             let mut shutdown = self.add(&mut group, first);
             while !shutdown {
@@ -231,26 +246,8 @@ impl Writer {
             if shutdown {
                 break;
             }
-            if self.groups_since_compaction >= COMPACT_EVERY_GROUPS && !self.pending.is_empty() {
-                self.compact_round();
-            }
         }
         self.finish();
-    }
-
-    /// The next job, running compaction rounds while the queue is idle. `None` once every
-    /// sender is gone.
-    fn next_job(&mut self) -> Option<Job> {
-        loop {
-            if self.pending.is_empty() {
-                return self.jobs.recv().ok();
-            }
-            match self.jobs.try_recv() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Empty) => self.compact_round(),
-                Err(TryRecvError::Disconnected) => return None,
-            }
-        }
     }
 
     /// Adds a job to the group; true when it was `Shutdown`.
@@ -267,6 +264,11 @@ impl Writer {
                 group.quarantines.push((key, record));
                 false
             }
+            Job::Compaction(reply) => {
+                self.compacting.remove(&reply.target);
+                group.compactions.push(*reply);
+                false
+            }
             Job::Shutdown => true,
         }
     }
@@ -278,44 +280,65 @@ impl Writer {
             group_ops: u32::try_from(group.ops).unwrap_or(u32::MAX),
         };
         self.next_group += 1;
-        self.groups_since_compaction += 1;
+        // Nothing waits for a transaction without batches: it need not be durable by itself.
+        let durable = !group.batches.is_empty();
         let span = tracing::debug_span!(
             "group_commit",
             group = info.group,
             batches = info.group_batches,
             ops = info.group_ops,
             bytes = group.bytes,
+            compactions = group.compactions.len(),
         );
         let _entered = span.enter();
         let started = Instant::now();
         let mut crossed = Vec::new();
-        let result = self.write_group(&group, &mut crossed);
+        let result = self.write_group(&group, durable, &mut crossed);
         match &result {
-            Ok(()) => {
-                self.unsynced_compaction = false;
-                for part in crossed {
-                    self.remember_for_compaction(part);
-                }
+            Ok(applied) => {
+                self.unsynced = !durable;
                 for (key, record) in &group.quarantines {
                     tracing::warn!(%key, part = ?record.part, reason = %record.reason, "session quarantined");
                 }
-                tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "group durable");
+                tracing::debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    durable,
+                    folds = applied.folds,
+                    stale_folds = applied.stale_folds,
+                    "group committed"
+                );
+                for part in crossed {
+                    self.request_compaction(part);
+                }
             }
             Err(error) => tracing::error!(%error, "group commit failed; failing every batch in it"),
         }
+        let result = result.map(|_| info);
         for (_, on_durable) in group.batches {
-            let outcome = result.clone().map(|()| info);
+            let outcome = result.clone();
             if catch_unwind(AssertUnwindSafe(move || on_durable(outcome))).is_err() {
                 tracing::error!(group = info.group, "an on_durable callback panicked");
             }
         }
     }
 
-    fn write_group(&self, group: &Group, crossed: &mut Vec<PartRef>) -> Result<(), StoreError> {
+    fn write_group(
+        &self,
+        group: &Group,
+        durable: bool,
+        crossed: &mut Vec<PartRef>,
+    ) -> Result<Applied, StoreError> {
         let mut txn = self.db.begin_write().map_err(StoreError::db)?;
-        txn.set_durability(Durability::Immediate).map_err(StoreError::db)?;
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        txn.set_durability(durability).map_err(StoreError::db)?;
+        let mut applied = Applied::default();
         {
             let mut tables = WriteTables::open(&txn)?;
+            // Compaction results first: a delete later in this group then removes the snapshot
+            // too (a fold applied after a delete would find its chunks gone and be dropped).
+            for reply in &group.compactions {
+                self.apply_compaction(&mut tables, reply, &mut applied)?;
+            }
             for (key, record) in &group.quarantines {
                 tables.put_quarantine(key.as_str(), record)?;
             }
@@ -324,85 +347,81 @@ impl Writer {
                     tables.apply(op, self.threshold, crossed)?;
                 }
             }
+            tables.finish()?;
         }
-        txn.commit().map_err(StoreError::db)
+        txn.commit().map_err(StoreError::db)?;
+        Ok(applied)
     }
 
-    fn remember_for_compaction(&mut self, part: PartRef) {
-        if self.pending.len() >= COMPACT_PENDING_PARTS_MAX || self.pending_set.contains(&part) {
-            return;
-        }
-        self.pending_set.insert(part.clone());
-        self.pending.push_back(part);
-    }
-
-    /// Compacts up to [`COMPACT_PARTS_PER_ROUND_MAX`] waiting parts in one transaction.
-    fn compact_round(&mut self) {
-        self.groups_since_compaction = 0;
-        let count = self.pending.len().min(COMPACT_PARTS_PER_ROUND_MAX);
-        let round: Vec<PartRef> = self.pending.drain(..count).collect();
-        for part in &round {
-            self.pending_set.remove(part);
-        }
-        let span = tracing::debug_span!("compaction_round", parts = round.len());
-        let _entered = span.enter();
-        match self.write_compaction(&round) {
-            Ok(()) => self.unsynced_compaction = true,
-            // The chunks are untouched (the transaction was dropped); the parts are reported
-            // again by their next append.
-            Err(error) => tracing::error!(%error, "compaction round failed"),
-        }
-    }
-
-    fn write_compaction(&self, round: &[PartRef]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(StoreError::db)?;
-        txn.set_durability(Durability::None).map_err(StoreError::db)?;
-        {
-            let mut tables = WriteTables::open(&txn)?;
-            for target in round {
-                let part = decode_part(&target.part).ok();
-                match compact_part(&mut tables, target)? {
-                    Compaction::Done { chunks, chunk_bytes, snapshot_bytes } => tracing::debug!(
-                        key = %target.key, ?part, chunks, chunk_bytes, snapshot_bytes,
+    fn apply_compaction(
+        &self,
+        tables: &mut WriteTables<'_>,
+        reply: &CompactionReply,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        let target = &reply.target;
+        let part = decode_part(&target.part).ok();
+        match &reply.outcome {
+            Ok(Compaction::Folded(folded)) => {
+                if apply_fold(tables, target, folded)? {
+                    applied.folds += 1;
+                    tracing::debug!(
+                        key = %target.key, ?part, chunks = folded.chunks,
+                        chunk_bytes = folded.chunk_bytes, snapshot_bytes = folded.snapshot.len(),
                         "part compacted"
-                    ),
-                    Compaction::Nothing => {}
-                    Compaction::MissingDeps => tracing::info!(
-                        key = %target.key, ?part,
-                        "part not compacted: changes wait on missing dependencies"
-                    ),
-                    Compaction::Corrupt { reason } => {
-                        tracing::warn!(key = %target.key, ?part, %reason, "session quarantined");
-                        tables.put_quarantine(&target.key, &QuarantineRecord { part, reason })?;
-                    }
+                    );
+                } else {
+                    applied.stale_folds += 1;
                 }
             }
+            Ok(Compaction::Nothing) => {}
+            Ok(Compaction::MissingDeps) => tracing::info!(
+                key = %target.key, ?part,
+                "part not compacted: changes wait on missing dependencies"
+            ),
+            Ok(Compaction::Corrupt { reason }) => {
+                tracing::warn!(key = %target.key, ?part, %reason, "session quarantined");
+                let record = QuarantineRecord { part, reason: reason.clone() };
+                tables.put_quarantine(&target.key, &record)?;
+            }
+            // The part is reported again by its next append.
+            Err(error) => tracing::warn!(key = %target.key, %error, "compaction read failed"),
         }
-        txn.commit().map_err(StoreError::db)
+        Ok(())
     }
 
-    /// Fails what was queued behind `Shutdown` and makes the last compaction durable.
+    fn request_compaction(&mut self, part: PartRef) {
+        if self.compacting.len() >= COMPACT_PENDING_PARTS_MAX || self.compacting.contains(&part) {
+            return;
+        }
+        let Some(compactor) = &self.compactor else { return };
+        // A full compactor queue is not an error: the part is reported again by its next append.
+        if compactor.try_send(part.clone()).is_ok() {
+            self.compacting.insert(part);
+        }
+    }
+
+    /// Stops the compactor, fails what was queued behind `Shutdown`, and makes the last
+    /// non-durable transaction durable.
     fn finish(mut self) {
+        self.compactor_stopping.store(true, Ordering::Release);
+        self.compactor = None;
         while let Ok(job) = self.jobs.try_recv() {
             if let Job::Batch { bytes, on_durable, .. } = job {
                 self.gauge.release(bytes);
-                if catch_unwind(AssertUnwindSafe(move || on_durable(Err(StoreError::Closed))))
-                    .is_err()
-                {
+                let closed = move || on_durable(Err(StoreError::Closed));
+                if catch_unwind(AssertUnwindSafe(closed)).is_err() {
                     tracing::error!("an on_durable callback panicked");
                 }
             }
         }
-        if self.unsynced_compaction {
+        if self.unsynced {
             let synced = self.db.begin_write().map_err(StoreError::db).and_then(|mut txn| {
                 txn.set_durability(Durability::Immediate).map_err(StoreError::db)?;
                 txn.commit().map_err(StoreError::db)
             });
-            match synced {
-                Ok(()) => self.unsynced_compaction = false,
-                Err(error) => {
-                    tracing::warn!(%error, "last compaction not made durable; it is redone later")
-                }
+            if let Err(error) = synced {
+                tracing::warn!(%error, "last compaction not made durable; it is redone later");
             }
         }
         tracing::debug!(groups = self.next_group - 1, "store writer stopped");

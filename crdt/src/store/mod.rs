@@ -16,6 +16,7 @@ mod read;
 mod tables;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -29,14 +30,14 @@ pub use batch::{
 };
 pub use error::StoreError;
 pub use group_commit::{
-    COMPACT_EVERY_GROUPS, COMPACT_PARTS_PER_ROUND_MAX, COMPACT_PENDING_PARTS_MAX,
-    GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_OPS_MAX, OnDurable, WRITE_QUEUE_BATCHES_MAX,
-    WRITE_QUEUE_BYTES_MAX,
+    COMPACT_PENDING_PARTS_MAX, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_OPS_MAX, OnDurable,
+    WRITE_QUEUE_BATCHES_MAX, WRITE_QUEUE_BYTES_MAX,
 };
 pub use read::{LIST_PAGE_SESSIONS_MAX, ListedSession, SessionPage, UpdatedCursor};
 pub use tables::QuarantineRecord;
 
 use apply::CompactThreshold;
+use compaction::Compactor;
 use group_commit::{QueueGauge, WriteQueue, Writer};
 use tables::{FORMAT, FORMAT_VERSION, FORMAT_VERSION_KEY};
 
@@ -78,6 +79,7 @@ pub struct Store {
     db: Arc<Database>,
     queue: WriteQueue,
     writer: Option<JoinHandle<()>>,
+    compactor: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -126,12 +128,26 @@ impl Store {
             chunks_max: options.compact_chunks_max,
             bytes_max: options.compact_bytes_max,
         };
-        let writer = Writer::new(Arc::clone(&db), receiver, Arc::clone(&gauge), threshold);
+        let queue = WriteQueue::new(sender, Arc::clone(&gauge));
+        let (compact_parts, compact_inbox) = sync_channel(COMPACT_PENDING_PARTS_MAX);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let compactor = Compactor {
+            db: Arc::clone(&db),
+            parts: compact_inbox,
+            replies: queue.replies(),
+            stopping: Arc::clone(&stopping),
+        };
+        let compactor = std::thread::Builder::new()
+            .name("beamclaw-store-compactor".to_owned())
+            .spawn(move || compactor.run())
+            .map_err(|error| StoreError::Writer { reason: error.to_string() })?;
+        let writer =
+            Writer::new(Arc::clone(&db), receiver, gauge, threshold, compact_parts, stopping);
         let writer = std::thread::Builder::new()
             .name("beamclaw-store-writer".to_owned())
             .spawn(move || writer.run())
             .map_err(|error| StoreError::Writer { reason: error.to_string() })?;
-        Ok(Self { db, queue: WriteQueue::new(sender, gauge), writer: Some(writer) })
+        Ok(Self { db, queue, writer: Some(writer), compactor: Some(compactor) })
     }
 
     /// Queues a batch for the next group commit without blocking. `on_durable` is called once,
@@ -170,9 +186,17 @@ impl Store {
     fn stop(&mut self) -> Result<(), StoreError> {
         let Some(writer) = self.writer.take() else { return Ok(()) };
         self.queue.shutdown()?;
+        let writer = writer.join();
+        // The writer stopped the compactor on its way out (and dropped the queue it answers on).
+        let compactor = self.compactor.take().map(JoinHandle::join);
         writer
-            .join()
-            .map_err(|_| StoreError::Writer { reason: "the writer thread panicked".to_owned() })
+            .map_err(|_| StoreError::Writer { reason: "the writer thread panicked".to_owned() })?;
+        match compactor {
+            Some(Err(_)) => {
+                Err(StoreError::Writer { reason: "the compactor thread panicked".to_owned() })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Records that `key` does not load (so that every later read refuses it quickly) and
@@ -215,4 +239,105 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
         drop(apply::WriteTables::open(&txn)?);
     }
     txn.commit().map_err(StoreError::db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::IndexEntry;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An in-memory disk that starts failing writes and syncs when told to.
+    #[derive(Debug)]
+    struct FailingDisk {
+        inner: InMemoryBackend,
+        failing: Arc<AtomicBool>,
+    }
+
+    impl FailingDisk {
+        fn check(&self) -> Result<(), std::io::Error> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk failure injected by the test"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for FailingDisk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    fn put_index(n: usize) -> WriteBatch {
+        let key = SessionKey::new(format!("agent:main:f{n}")).unwrap();
+        WriteBatch::new(vec![WriteOp::PutIndex { key, entry: Box::new(IndexEntry::default()) }])
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_batch_in_it_and_acknowledges_none() {
+        let failing = Arc::new(AtomicBool::new(false));
+        let disk = FailingDisk { inner: InMemoryBackend::new(), failing: Arc::clone(&failing) };
+        let db = redb::Builder::new().create_with_backend(disk).unwrap();
+        let store = Store::start(db, &StoreOptions::default()).unwrap();
+        store.commit(put_index(0)).unwrap();
+
+        failing.store(true, Ordering::SeqCst);
+        let (done, outcomes) = mpsc::channel();
+        for n in 1..=20 {
+            let done = done.clone();
+            store.submit(put_index(n), Box::new(move |result| done.send(result).unwrap())).unwrap();
+        }
+        drop(done);
+        let outcomes: Vec<_> = outcomes.iter().take(20).collect();
+        assert_eq!(outcomes.len(), 20);
+        for outcome in outcomes {
+            assert!(matches!(outcome, Err(StoreError::Database(_))), "{outcome:?}");
+        }
+        assert!(matches!(store.commit(put_index(99)), Err(StoreError::Database(_))));
+    }
+
+    #[test]
+    fn a_full_queue_answers_busy_and_everything_accepted_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let (done, outcomes) = mpsc::channel();
+        let mut accepted = 0;
+        let mut busy = None;
+        // Submitting takes microseconds and every group commit an fsync: the queue fills long
+        // before this bound.
+        for n in 0..WRITE_QUEUE_BATCHES_MAX * 16 {
+            let done = done.clone();
+            match store.submit(put_index(n), Box::new(move |r| done.send(r.is_ok()).unwrap())) {
+                Ok(()) => accepted += 1,
+                Err(error) => {
+                    busy = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(done);
+        let busy = busy.expect("the queue never filled");
+        assert!(
+            matches!(busy, StoreError::Busy { batches_max: WRITE_QUEUE_BATCHES_MAX, .. }),
+            "{busy}"
+        );
+        assert_eq!(outcomes.iter().filter(|ok| *ok).count(), accepted);
+        assert_eq!(store.session_count().unwrap(), accepted as u64);
+    }
 }

@@ -9,7 +9,8 @@
 //! | `format` | `"version"` | `u32` ([`FORMAT_VERSION`]) |
 //! | `chunks` | (session key, part, sequence) | incremental Automerge bytes |
 //! | `snapshots` | (session key, part) | a whole-part `save()` |
-//! | `parts` | (session key, part) | (next sequence, chunk count, chunk bytes) |
+//! | `parts` | (session key, part) | (last sequence in the snapshot, chunk count, chunk bytes) |
+//! | `counters` | `"chunk_seq_next"` | the next chunk sequence number (unique store-wide) |
 //! | `index` | session key | (updatedAt ms, postcard `IndexEntry`) |
 //! | `index_by_updated` | (updatedAt ms, session key) | `()` |
 //! | `sync_states` | (peer id, session key) | encoded Automerge sync state |
@@ -32,6 +33,8 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const FORMAT_VERSION_KEY: &str = "version";
 
 pub(crate) const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");
+pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub(crate) const CHUNK_SEQ_NEXT_KEY: &str = "chunk_seq_next";
 pub(crate) const CHUNKS: TableDefinition<(&str, &[u8], u64), &[u8]> =
     TableDefinition::new("chunks");
 pub(crate) const SNAPSHOTS: TableDefinition<(&str, &[u8]), &[u8]> =
@@ -46,24 +49,26 @@ pub(crate) const SYNC_STATES: TableDefinition<(&str, &str), &[u8]> =
 pub(crate) const NODE_META: TableDefinition<&str, &[u8]> = TableDefinition::new("node_meta");
 pub(crate) const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
-/// Bookkeeping of one part: the sequence number the next chunk gets, and how many chunks (and
-/// bytes) wait to be compacted into the snapshot. Sequence numbers are never reused, so a
-/// compaction deletes exactly the chunks it folded even if more arrived meanwhile.
+/// Bookkeeping of one part: which chunks its snapshot already holds, and how many chunks (and
+/// bytes) wait to be compacted. Chunk sequence numbers come from one store-wide counter and are
+/// never reused, so a compaction deletes exactly the chunks it folded even if more arrived, or
+/// the session was deleted and re-created, meanwhile.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PartState {
-    pub(crate) next_seq: u64,
+    /// Sequence number of the last chunk folded into the snapshot; 0 when there is none.
+    pub(crate) snapshot_through: u64,
     pub(crate) chunk_count: u64,
     pub(crate) chunk_bytes: u64,
 }
 
 impl PartState {
     pub(crate) fn from_row(row: (u64, u64, u64)) -> Self {
-        let (next_seq, chunk_count, chunk_bytes) = row;
-        Self { next_seq, chunk_count, chunk_bytes }
+        let (snapshot_through, chunk_count, chunk_bytes) = row;
+        Self { snapshot_through, chunk_count, chunk_bytes }
     }
 
     pub(crate) fn to_row(self) -> (u64, u64, u64) {
-        (self.next_seq, self.chunk_count, self.chunk_bytes)
+        (self.snapshot_through, self.chunk_count, self.chunk_bytes)
     }
 }
 
