@@ -5,8 +5,10 @@
 // #[test] functions; these helpers are part of the tests too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use beamclaw::agent::{BroadcastEvents, MemorySessions, RuntimePorts, StartTurn, TurnOutcome};
-use beamclaw::config::{EnvKeys, LoadedConfig, parse_str};
+use beamclaw::agent::{
+    BroadcastEvents, MemorySessions, RuntimePorts, SessionActors, StartTurn, TurnOutcome,
+};
+use beamclaw::config::{EnvKeys, LoadedConfig, QueueSettings, parse_str};
 use beamclaw::mock_llm;
 use beamclaw::provider::RetryPolicy;
 use beamclaw::runtime::AgentRuntime;
@@ -40,6 +42,7 @@ struct Options {
     fallback: bool,
     tools: Vec<Arc<dyn Tool>>,
     sessions: Option<Arc<MemorySessions>>,
+    timeout_seconds: u64,
 }
 
 impl Default for Options {
@@ -50,6 +53,7 @@ impl Default for Options {
             fallback: false,
             tools: Vec::new(),
             sessions: None,
+            timeout_seconds: 30,
         }
     }
 }
@@ -80,11 +84,12 @@ async fn harness(script: Value, options: Options) -> Harness {
             mock: {{ baseUrl: "{base}", apiKey: "test-key", api: "{api}", models: [{{ id: "model-a" }}] }},
             mock2: {{ baseUrl: "{base}", apiKey: "test-key-2", api: "{api}", models: [{{ id: "model-b" }}] }},
           }} }},
-          agents: {{ defaults: {{ model: {model}, timeoutSeconds: 30 }} }},
+          agents: {{ defaults: {{ model: {model}, timeoutSeconds: {timeout} }} }},
           messages: {{ queue: {{ mode: "{queue}", debounceMs: 0, cap: 2, drop: "new" }} }},
         }}"#,
         api = options.api,
         queue = options.queue,
+        timeout = options.timeout_seconds,
     );
     let data = tempfile::tempdir().unwrap();
     let config = parse_str(&text, "test", &|_| None).unwrap();
@@ -647,4 +652,64 @@ async fn offline_provider_runs_a_tool_turn_end_to_end_with_no_config() {
             && text.contains("node-test"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn long_output_is_checkpointed_and_the_final_message_replaces_the_checkpoints() {
+    let text = "z".repeat(10_000);
+    let h = harness(json!([{"text": text, "chunkChars": 500}]), Options::default()).await;
+    let s = session("checkpoint");
+    let (turn, outcome) = h.run(&s, "write a lot").await;
+    assert_eq!(final_text(&outcome).len(), 10_000);
+    // One checkpoint per CHECKPOINT_BYTES (4096) of new text; more only if the stream stalled
+    // for CHECKPOINT_INTERVAL_MS.
+    assert!(h.sessions.checkpoints(&s) >= 2, "{} checkpoints", h.sessions.checkpoints(&s));
+    let messages = h.sessions.messages(&s);
+    let replies = assistant_messages(&messages);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].id, format!("r:{}", turn.run_id));
+    assert!(!replies[0].partial);
+    assert_eq!(replies[0].text_content().len(), 10_000);
+}
+
+#[tokio::test]
+async fn a_turn_longer_than_timeout_seconds_ends_with_a_timeout_error() {
+    let script = json!([{"text": "too late", "ttftMs": 5000}]);
+    let h = harness(script, Options { timeout_seconds: 1, ..Options::default() }).await;
+    let s = session("timeout");
+    let (_, outcome) = h.run(&s, "hi").await;
+    match outcome {
+        TurnOutcome::Error { kind, message } => {
+            assert_eq!(kind, "timeout");
+            assert!(message.contains("1 s"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        assistant_messages(&h.sessions.messages(&s)).is_empty(),
+        "nothing was streamed, nothing is kept"
+    );
+}
+
+#[tokio::test]
+async fn idle_actors_stop_and_the_next_message_starts_a_new_one() {
+    let h = harness(json!([]), Options::default()).await;
+    let actors = SessionActors::with_idle(
+        h.runtime.runner.clone(),
+        QueueSettings::default(),
+        Duration::from_millis(100),
+    );
+    let mut log = EventLog::new(&h.events);
+    let s = session("idle");
+    let first = h.user_turn(&s, "one");
+    actors.submit(first.clone()).unwrap();
+    assert!(matches!(log.terminal(&first.run_id).await.last(), Some(TurnEvent::Final { .. })));
+    assert_eq!(actors.active(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(actors.active(), 0, "the idle actor stopped");
+    let second = h.user_turn(&s, "two");
+    actors.submit(second.clone()).unwrap();
+    let events = log.terminal(&second.run_id).await;
+    let Some(TurnEvent::Final { message, .. }) = events.last() else { panic!("{events:?}") };
+    assert_eq!(message.text_content(), "echo: two");
 }

@@ -186,7 +186,11 @@ impl Actor {
                     }
                 }
                 None if !self.pending.is_empty() => {
-                    let start_at = self.last_arrival + self.settings.debounce;
+                    // An interrupting message has already waited for the turn it stopped.
+                    let start_at = match self.settings.mode {
+                        QueueMode::Interrupt => Instant::now(),
+                        _ => self.last_arrival + self.settings.debounce,
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep_until(start_at) => running = Some(self.start_next()),
                         input = self.rx.recv() => match input {

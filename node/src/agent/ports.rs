@@ -122,6 +122,7 @@ struct SessionLog {
     messages: Vec<Message>,
     usage: Usage,
     epoch: u64,
+    checkpoints: u64,
 }
 
 /// Sessions kept in memory: history, output and epochs for one process.
@@ -159,6 +160,11 @@ impl MemorySessions {
     /// Every message of the session, oldest first.
     pub fn messages(&self, session: &SessionKey) -> Vec<Message> {
         self.lock().get(session).map(|l| l.messages.clone()).unwrap_or_default()
+    }
+
+    /// How many checkpoints of partial output the session received.
+    pub fn checkpoints(&self, session: &SessionKey) -> u64 {
+        self.lock().get(session).map(|l| l.checkpoints).unwrap_or(0)
     }
 
     pub fn usage(&self, session: &SessionKey) -> Usage {
@@ -235,7 +241,10 @@ impl TurnOutput for MemorySessions {
         epoch: u64,
         partial: Message,
     ) -> BoxFuture<'a, Result<(), PortError>> {
-        let result = self.checked(session, epoch, |log| insert(&mut log.messages, partial));
+        let result = self.checked(session, epoch, |log| {
+            log.checkpoints += 1;
+            insert(&mut log.messages, partial);
+        });
         Box::pin(async move { result })
     }
 

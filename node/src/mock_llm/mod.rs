@@ -16,12 +16,12 @@
 pub mod script;
 pub mod wire;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use script::ScriptResponse;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
@@ -62,10 +62,17 @@ pub struct RecordedRequest {
     pub body: Value,
 }
 
+/// A request as stored: the body stays bytes until someone asks for the list.
+struct StoredRequest {
+    path: &'static str,
+    headers: BTreeMap<String, String>,
+    body: Bytes,
+}
+
 #[derive(Default)]
 struct MockState {
     script: Mutex<VecDeque<ScriptResponse>>,
-    requests: Mutex<VecDeque<RecordedRequest>>,
+    requests: Mutex<VecDeque<StoredRequest>>,
     counter: AtomicU64,
 }
 
@@ -74,7 +81,7 @@ impl MockState {
         self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 
-    fn record(&self, request: RecordedRequest) {
+    fn record(&self, request: StoredRequest) {
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         if requests.len() == RECORDED_REQUESTS_MAX {
             requests.pop_front();
@@ -152,8 +159,17 @@ async fn count_script(State(state): State<Arc<MockState>>) -> Response {
 }
 
 async fn list_requests(State(state): State<Arc<MockState>>) -> Response {
-    let requests: Vec<RecordedRequest> =
-        state.requests.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    let requests: Vec<RecordedRequest> = state
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|r| RecordedRequest {
+            path: r.path.to_string(),
+            headers: r.headers.clone(),
+            body: serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        })
+        .collect();
     Json(json!(requests)).into_response()
 }
 
@@ -162,18 +178,16 @@ async fn clear_requests(State(state): State<Arc<MockState>>) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-use axum::Json;
-
 async fn anthropic(
     State(state): State<Arc<MockState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    respond(Api::Anthropic, "/v1/messages", &state, &headers, &body).await
+    respond(Api::Anthropic, "/v1/messages", &state, &headers, body).await
 }
 
 async fn openai(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    respond(Api::OpenAi, "/v1/chat/completions", &state, &headers, &body).await
+    respond(Api::OpenAi, "/v1/chat/completions", &state, &headers, body).await
 }
 
 fn bad_request(api: Api, message: String) -> Response {
@@ -184,22 +198,22 @@ fn bad_request(api: Api, message: String) -> Response {
 
 async fn respond(
     api: Api,
-    path: &str,
+    path: &'static str,
     state: &MockState,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
 ) -> Response {
-    let request: Value = match serde_json::from_slice(body) {
+    let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return bad_request(api, format!("the request body is not JSON: {e}")),
     };
-    state.record(RecordedRequest {
-        path: path.to_string(),
+    state.record(StoredRequest {
+        path,
         headers: headers
             .iter()
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
             .collect(),
-        body: request.clone(),
+        body: body.clone(),
     });
     let n = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
     let response = state.next_response().unwrap_or_else(|| ScriptResponse {
@@ -243,46 +257,32 @@ async fn respond(
         frames.truncate(at);
         frames.push(wire::malformed_frame(api));
     }
-    let pacing = Pacing {
-        ttft: clamp(response.ttft_ms),
-        per_token: response.tokens_per_second.map(|t| Duration::from_secs_f64(1.0 / t)),
-        disconnect_after: response.disconnect_after_chunks,
-    };
+    let ttft = clamp(response.ttft_ms);
+    let per_token = response.tokens_per_second.map(|t| Duration::from_secs_f64(1.0 / t));
+    let disconnect = response.disconnect_after_chunks.filter(|n| *n < frames.len());
+    let segments = segments(frames, ttft, per_token, disconnect);
     let body = Body::from_stream(futures::stream::unfold(
-        (frames.into_iter(), 0usize, false, pacing),
-        |(mut frames, sent, started, pacing)| async move {
-            if pacing.disconnect_after == Some(sent) {
-                // Let the server flush what was sent before the connection drops, so the
-                // client really receives the first N events.
-                tokio::time::sleep(Duration::from_millis(DISCONNECT_FLUSH_MS)).await;
-                let cut = std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "scripted disconnect",
-                );
-                return Some((
-                    Err(cut),
-                    (frames, usize::MAX, started, Pacing { disconnect_after: None, ..pacing }),
-                ));
-            }
-            if sent == usize::MAX {
-                return None;
-            }
-            let frame: Frame = frames.next()?;
-            let mut now_started = started;
-            if frame.content {
-                if !started {
-                    if !pacing.ttft.is_zero() {
-                        tokio::time::sleep(pacing.ttft).await;
+        (segments.into_iter(), disconnect.is_some()),
+        |(mut segments, disconnect)| async move {
+            match segments.next() {
+                Some((delay, bytes)) => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
                     }
-                    now_started = true;
-                } else if let Some(gap) = pacing.per_token {
-                    tokio::time::sleep(gap).await;
+                    Some((Ok(Bytes::from(bytes)), (segments, disconnect)))
                 }
+                None if disconnect => {
+                    // Let the server flush what was sent before the connection drops, so the
+                    // client really receives the first N events.
+                    tokio::time::sleep(Duration::from_millis(DISCONNECT_FLUSH_MS)).await;
+                    let cut = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "scripted disconnect",
+                    );
+                    Some((Err(cut), (segments, false)))
+                }
+                None => None,
             }
-            Some((
-                Ok::<_, std::io::Error>(Bytes::from(frame.bytes)),
-                (frames, sent + 1, now_started, pacing),
-            ))
         },
     ));
     let request_id = format!("req_mock_{n}");
@@ -296,11 +296,36 @@ async fn respond(
         .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
 
-#[derive(Clone, Copy)]
-struct Pacing {
+/// Groups frames into the pieces the server writes, each with the wait before it: frames with no
+/// wait between them go out together (fewer writes and wake-ups, as a real server's buffered
+/// writes), content frames are paced by `ttft` then `per_token`, and nothing after the scripted
+/// disconnect point is sent.
+fn segments(
+    frames: Vec<Frame>,
     ttft: Duration,
     per_token: Option<Duration>,
-    disconnect_after: Option<usize>,
+    disconnect: Option<usize>,
+) -> Vec<(Duration, String)> {
+    let mut segments: Vec<(Duration, String)> = Vec::new();
+    let mut started = false;
+    for (i, frame) in frames.into_iter().enumerate() {
+        if disconnect == Some(i) {
+            break;
+        }
+        let delay = match (frame.content, started) {
+            (false, _) => Duration::ZERO,
+            (true, false) => {
+                started = true;
+                ttft
+            }
+            (true, true) => per_token.unwrap_or(Duration::ZERO),
+        };
+        match segments.last_mut() {
+            Some((_, bytes)) if delay.is_zero() => bytes.push_str(&frame.bytes),
+            _ => segments.push((delay, frame.bytes)),
+        }
+    }
+    segments
 }
 
 /// `echo: <last user text>` (or the last tool result), deterministic.
@@ -331,6 +356,26 @@ fn echo(api: Api, request: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(text: &str, content: bool) -> Frame {
+        Frame { bytes: text.to_string(), content }
+    }
+
+    #[test]
+    fn frames_without_a_wait_between_them_go_out_together() {
+        let frames =
+            || vec![frame("a", false), frame("b", true), frame("c", true), frame("d", false)];
+        let ms = Duration::from_millis;
+        assert_eq!(
+            segments(frames(), ms(10), None, None),
+            vec![(ms(0), "a".into()), (ms(10), "bcd".into())]
+        );
+        assert_eq!(
+            segments(frames(), ms(0), Some(ms(5)), None),
+            vec![(ms(0), "ab".into()), (ms(5), "cd".into())]
+        );
+        assert_eq!(segments(frames(), ms(0), None, Some(2)), vec![(ms(0), "ab".into())]);
+    }
 
     #[test]
     fn echo_reads_both_apis_last_message() {
