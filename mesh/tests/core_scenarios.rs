@@ -7,7 +7,9 @@ use support::{Harness, key};
 
 fn submitted(h: &Harness, req: u64) -> (String, RunStatus, u64) {
     match h.response(req) {
-        Some(Ok(Response::Submitted { message_id, status, epoch, .. })) => (message_id.clone(), *status, epoch.term),
+        Some(Ok(Response::Submitted { message_id, status, epoch, .. })) => {
+            (message_id.clone(), *status, epoch.term)
+        }
         other => panic!("request {req}: expected a submit answer, got {other:?}"),
     }
 }
@@ -60,7 +62,12 @@ fn three_nodes_form_a_cluster_and_any_node_serves_any_session() {
     let mut h = Harness::new(3);
     h.run_for(3_000);
     for i in 0..3 {
-        assert_eq!(h.node(i).live_members().len(), 3, "node {i} sees {:?}", h.node(i).live_members());
+        assert_eq!(
+            h.node(i).live_members().len(),
+            3,
+            "node {i} sees {:?}",
+            h.node(i).live_members()
+        );
     }
     let s = key("shared");
     let req = h.submit(2, &s, "from node 2", "k1");

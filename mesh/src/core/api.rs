@@ -28,15 +28,27 @@ pub type BatchId = u64;
 #[derive(Debug)]
 pub enum Input {
     /// A datagram from `from` (SWIM).
-    Datagram { from: SocketAddr, bytes: Vec<u8> },
+    Datagram {
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
     /// A frame from an authenticated peer (the transport proved it is `from`).
-    Frame { from: NodeId, bytes: Vec<u8> },
+    Frame {
+        from: NodeId,
+        bytes: Vec<u8>,
+    },
     Timer(Timer),
     /// The write batch `batch` is durable (or failed).
-    Persisted { batch: BatchId, result: Result<(), String> },
+    Persisted {
+        batch: BatchId,
+        result: Result<(), String>,
+    },
     /// The transport's queue towards `node` is full (or drained again): while congested the core
     /// stops pushing changes to it and leaves the repair to anti-entropy.
-    Congestion { node: NodeId, congested: bool },
+    Congestion {
+        node: NodeId,
+        congested: bool,
+    },
     Command(Command),
     Turn(TurnInput),
 }
@@ -44,14 +56,26 @@ pub enum Input {
 #[derive(Debug)]
 pub enum Command {
     /// Join the cluster through these addresses (seeds). Also re-sent when alone.
-    Join { seeds: Vec<SocketAddr> },
+    Join {
+        seeds: Vec<SocketAddr>,
+    },
     /// A client request for a session; answered by `Event::Response { req }`.
-    Request { req: ReqId, session: SessionKey, body: RequestBody },
+    Request {
+        req: ReqId,
+        session: SessionKey,
+        body: RequestBody,
+    },
     /// Local subscribers want turn events of `session` (refreshed while they exist).
-    Subscribe { session: SessionKey },
-    Unsubscribe { session: SessionKey },
+    Subscribe {
+        session: SessionKey,
+    },
+    Unsubscribe {
+        session: SessionKey,
+    },
     /// Hand every owned session to its successor, then leave the cluster, before `deadline`.
-    Drain { deadline: Millis },
+    Drain {
+        deadline: Millis,
+    },
 }
 
 /// What the runtime reports about turns the core started.
@@ -98,18 +122,34 @@ pub enum AbortReason {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Response { req: ReqId, result: Result<Response, RequestError> },
-    Turn { run: RunRef, event: TurnEvent },
+    Response {
+        req: ReqId,
+        result: Result<Response, RequestError>,
+    },
+    Turn {
+        run: RunRef,
+        event: TurnEvent,
+    },
     /// A session's document or metadata changed on this node (for `sessions.changed`).
-    SessionChanged { session: SessionKey },
-    OwnerChanged { session: SessionKey, epoch: Epoch },
+    SessionChanged {
+        session: SessionKey,
+    },
+    OwnerChanged {
+        session: SessionKey,
+        epoch: Epoch,
+    },
     MemberUp(Member),
     MemberDown(Member),
     /// Foca's view: we are part of a cluster (Active) or alone (Idle).
-    Membership { active: bool },
+    Membership {
+        active: bool,
+    },
     /// Drain finished: every owned session was handed over (or the deadline passed) and the
     /// node left the cluster.
-    Drained { handed_over: usize, left_behind: usize },
+    Drained {
+        handed_over: usize,
+        left_behind: usize,
+    },
 }
 
 /// A request routed to the owner of a session.
@@ -118,7 +158,12 @@ pub enum RequestBody {
     /// Append a user message and start a turn for it. The message id is derived from the
     /// idempotency key, so a retry (or the same request on both sides of a partition) appends
     /// the same id once.
-    Submit { agent_id: String, message: Message, idempotency_key: String },
+    Submit {
+        agent_id: String,
+        #[serde(with = "super::wire::as_json")]
+        message: Box<Message>,
+        idempotency_key: String,
+    },
     /// Read history.
     Read { limit: usize, before: Option<String> },
     /// Change the session.
@@ -130,14 +175,14 @@ pub enum SessionOp {
     /// Create the session if it does not exist (idempotent). `at_ms` is the client's wall clock.
     Create { agent_id: String, at_ms: i64 },
     /// Patch the metadata (OpenClaw `sessions.patch`; null clears).
-    Patch(beamclaw_crdt::doc::MetaPatch),
+    Patch(Box<beamclaw_crdt::doc::MetaPatch>),
     /// Start a new transcript `session_id` (chosen by the origin, so a retried reset is applied
     /// once); the old one is archived.
     Reset { session_id: String, reason: String, at_ms: i64 },
     /// Delete the session (its transcript is archived and it disappears from listings).
     Delete { at_ms: i64 },
     /// Append a message without running a turn (OpenClaw `chat.inject`).
-    Inject(Box<Message>),
+    Inject(#[serde(with = "super::wire::as_json")] Box<Message>),
     /// Abort the running turn(s) (OpenClaw `chat.abort`).
     Abort { run_id: Option<String> },
 }
@@ -155,15 +200,24 @@ pub enum RunStatus {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Submitted { run_id: String, message_id: String, status: RunStatus, epoch: Epoch },
+    Submitted {
+        run_id: String,
+        message_id: String,
+        status: RunStatus,
+        epoch: Epoch,
+    },
     History {
         session_id: String,
+        #[serde(with = "super::wire::as_json")]
         messages: Vec<Message>,
-        meta: beamclaw_crdt::doc::SessionMeta,
+        meta: Box<beamclaw_crdt::doc::SessionMeta>,
         /// More messages exist before the first one returned.
         more: bool,
     },
-    Mutated { session_id: String, aborted_runs: Vec<String> },
+    Mutated {
+        session_id: String,
+        aborted_runs: Vec<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use beamclaw_crdt::SessionKey;
-use foca::{AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec};
+use foca::{
+    AccumulatingRuntime, BroadcastHandler, Foca, Invalidates, OwnedNotification, PostcardCodec,
+};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -44,8 +46,23 @@ pub(crate) fn swim_config(preset: SwimPreset, cluster_size: usize) -> foca::Conf
         SwimPreset::Wan => foca::Config::new_wan(size),
     };
     config.max_packet_size = NonZeroUsize::new(SWIM_PACKET_BYTES_MAX).unwrap_or(NonZeroUsize::MIN);
+    // Members on the other side of a healed partition only find each other again by announcing
+    // to members they consider down; foca's presets do that every 65 s (LAN) or 125 s (WAN),
+    // far longer than the partition-heal convergence we promise. Do it every few seconds.
+    config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(match preset {
+            SwimPreset::Lan => ANNOUNCE_TO_DOWN_LAN_MS,
+            SwimPreset::Wan => ANNOUNCE_TO_DOWN_WAN_MS,
+        }),
+        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    });
     config
 }
+
+/// How often (LAN preset) a node announces itself to members it considers down.
+pub const ANNOUNCE_TO_DOWN_LAN_MS: u64 = 2_000;
+/// How often (WAN preset) a node announces itself to members it considers down.
+pub const ANNOUNCE_TO_DOWN_WAN_MS: u64 = 10_000;
 
 /// An owner record as broadcast: the key foca uses to replace stale versions of the same record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +132,10 @@ impl BroadcastHandler<Member> for OwnerBroadcasts {
 pub(crate) enum MembershipChange {
     Up(Member),
     Down(Member),
-    Renamed { from: Member, to: Member },
+    Renamed {
+        from: Member,
+        to: Member,
+    },
     Active,
     Idle,
     /// We were declared down and could not renew our identity.
@@ -147,13 +167,8 @@ impl Membership {
     pub fn new(me: Member, preset: SwimPreset, rng: ChaCha8Rng) -> Self {
         let inbox: Inbox = Arc::default();
         let handler = OwnerBroadcasts { seen: BTreeMap::new(), inbox: inbox.clone() };
-        let foca = Foca::with_custom_broadcast(
-            me,
-            swim_config(preset, 1),
-            rng,
-            PostcardCodec,
-            handler,
-        );
+        let foca =
+            Foca::with_custom_broadcast(me, swim_config(preset, 1), rng, PostcardCodec, handler);
         Membership {
             foca,
             runtime: AccumulatingRuntime::new(),
@@ -218,7 +233,10 @@ impl Membership {
         let Some(data) = encode_owner_broadcast(session, epoch) else { return false };
         let added = self.foca.add_broadcast(&data).unwrap_or(false);
         // Our own record is not news to us: do not hand it back through the inbox.
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).retain(|(s, e)| !(s == session && *e == epoch));
+        self.inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(s, e)| !(s == session && *e == epoch));
         added
     }
 
@@ -278,10 +296,10 @@ impl Membership {
         let size = self.alive.len() + 1;
         // Retune on doubling or halving only: set_config resets nothing, but there is no need
         // to churn it on every change.
-        if size >= self.tuned_for * 2 || size * 2 <= self.tuned_for {
-            if self.foca.set_config(swim_config(self.preset, size)).is_ok() {
-                self.tuned_for = size;
-            }
+        if (size >= self.tuned_for * 2 || size * 2 <= self.tuned_for)
+            && self.foca.set_config(swim_config(self.preset, size)).is_ok()
+        {
+            self.tuned_for = size;
         }
     }
 }

@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+use beamclaw_crdt::cache::SessionCache;
 use beamclaw_crdt::doc::SessionDoc;
 use beamclaw_crdt::{HeadsDigest, IndexEntry, SessionKey};
-use beamclaw_crdt::cache::SessionCache;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -382,12 +382,15 @@ impl<D: Disk> Node<D> {
             if !self.cfg.seeds.contains(&seed) {
                 self.cfg.seeds.push(seed);
             }
-            // We do not know the seed's node id yet: announce to a placeholder identity at its
-            // address; the transport dials by address and the seed's answer tells us who it is.
-            let placeholder = Member { node: NodeId([0; 32]), addr: seed, generation: 0 };
-            match self.members.announce(placeholder) {
-                Ok(out) => self.apply_swim(out),
-                Err(e) => tracing::warn!(%seed, error = %e, "announce failed"),
+            // We do not know the seed's node id, and foca only accepts an announce addressed to
+            // its own id: send the seed our identity; it announces itself back to us.
+            let env = self.envelope(Msg::Hello { member: self.members.me().clone() });
+            match wire::encode(&env, DATAGRAM_BYTES_MAX) {
+                Ok(bytes) => {
+                    self.counters.datagrams_out += 1;
+                    self.out.push(Effect::SendDatagram { to: seed, node: None, bytes });
+                }
+                Err(e) => tracing::error!(error = %e, "hello not sent"),
             }
         }
         let at = self.now + self.cfg.timing.reannounce_ms;
@@ -442,6 +445,7 @@ impl<D: Disk> Node<D> {
                 Ok(out) => self.apply_swim(out),
                 Err(e) => tracing::debug!(error = %e, "swim packet refused"),
             },
+            Msg::Hello { member } => self.hello(member),
             other => {
                 tracing::debug!(kind = other.kind(), "non-SWIM message in a datagram dropped");
                 self.counters.frames_dropped_decode += 1;
@@ -496,11 +500,25 @@ impl<D: Disk> Node<D> {
             }
             Msg::Digest { entries, from: lo, to: hi } => self.receive_digest(from, entries, lo, hi),
             Msg::Owner { session, epoch } => self.observe_epoch(&session, epoch),
-            Msg::HandoffOffer { session, epoch, heads } => self.handoff_offered(from, session, epoch, heads),
+            Msg::HandoffOffer { session, epoch, heads } => {
+                self.handoff_offered(from, session, epoch, heads)
+            }
             Msg::HandoffAccept { session, epoch } => self.handoff_accepted(from, session, epoch),
             Msg::HandoffRefuse { session, epoch, reason } => {
                 self.handoff_refused(from, session, epoch, reason)
             }
+            Msg::Hello { member } => self.hello(member),
+        }
+    }
+
+    /// A node joining through us: announce ourselves to it, so both learn each other.
+    fn hello(&mut self, member: Member) {
+        if member.node == self.cfg.node || self.left {
+            return;
+        }
+        match self.members.announce(member) {
+            Ok(out) => self.apply_swim(out),
+            Err(e) => tracing::debug!(error = %e, "announce to a joining node failed"),
         }
     }
 
@@ -666,7 +684,8 @@ impl<D: Disk> Node<D> {
         }
         let batch = self.next_batch;
         self.next_batch += 1;
-        let sessions: Vec<SessionKey> = std::mem::take(&mut self.step_sessions).into_iter().collect();
+        let sessions: Vec<SessionKey> =
+            std::mem::take(&mut self.step_sessions).into_iter().collect();
         for s in &sessions {
             if let Some(state) = self.sessions.get_mut(s) {
                 state.inflight_batch = Some(batch);
@@ -685,11 +704,11 @@ impl<D: Disk> Node<D> {
             return;
         };
         for s in &sessions {
-            if let Some(state) = self.sessions.get_mut(s) {
-                if state.inflight_batch == Some(batch) {
-                    state.inflight_batch = None;
-                    self.docs.mark_clean(s);
-                }
+            if let Some(state) = self.sessions.get_mut(s)
+                && state.inflight_batch == Some(batch)
+            {
+                state.inflight_batch = None;
+                self.docs.mark_clean(s);
             }
         }
         match result {
@@ -720,10 +739,10 @@ impl<D: Disk> Node<D> {
             }
             AfterDurable::ClaimDurable { session, epoch } => {
                 // The claim is not durable: give it up rather than act on it.
-                if let Some(state) = self.sessions.get_mut(&session) {
-                    if state.epoch == Some(epoch) {
-                        state.role = None;
-                    }
+                if let Some(state) = self.sessions.get_mut(&session)
+                    && state.epoch == Some(epoch)
+                {
+                    state.role = None;
                 }
             }
             AfterDurable::QuorumLocal { ack } => {
@@ -745,7 +764,9 @@ impl<D: Disk> Node<D> {
     fn run_after_durable(&mut self, action: AfterDurable) {
         match action {
             AfterDurable::Respond { to, result } => self.answer(to, result),
-            AfterDurable::StartTurn { session, message_id } => self.start_turn(&session, &message_id),
+            AfterDurable::StartTurn { session, message_id } => {
+                self.start_turn(&session, &message_id)
+            }
             AfterDurable::ClaimDurable { session, epoch } => self.claim_durable(&session, epoch),
             AfterDurable::AcceptHandoff { session, epoch, to } => {
                 self.send(to, Msg::HandoffAccept { session: session.clone(), epoch });
@@ -798,7 +819,11 @@ impl<D: Disk> Node<D> {
     }
 
     /// Runs `f` on the hydrated document of `session`.
-    pub(crate) fn with_doc<R>(&mut self, session: &SessionKey, f: impl FnOnce(&mut SessionDoc) -> R) -> Option<R> {
+    pub(crate) fn with_doc<R>(
+        &mut self,
+        session: &SessionKey,
+        f: impl FnOnce(&mut SessionDoc) -> R,
+    ) -> Option<R> {
         self.docs.update(session, f)
     }
 
@@ -820,8 +845,14 @@ impl<D: Disk> Node<D> {
         entry.owner = state.epoch.map(Into::into);
         entry.heads = heads;
         state.entry = entry.clone();
-        self.write(Some(session), WriteOp::AppendChunks { key: session.clone(), chunks: chunks.clone() });
-        self.write(Some(session), WriteOp::PutIndex { key: session.clone(), entry: Box::new(entry) });
+        self.write(
+            Some(session),
+            WriteOp::AppendChunks { key: session.clone(), chunks: chunks.clone() },
+        );
+        self.write(
+            Some(session),
+            WriteOp::PutIndex { key: session.clone(), entry: Box::new(entry) },
+        );
         self.deliver(Event::SessionChanged { session: session.clone() });
         if push { self.push_changes(session, chunks) } else { None }
     }
@@ -832,7 +863,10 @@ impl<D: Disk> Node<D> {
         state.entry.owner = state.epoch.map(Into::into);
         state.entry.heads = state.heads;
         let entry = state.entry.clone();
-        self.write(Some(session), WriteOp::PutIndex { key: session.clone(), entry: Box::new(entry) });
+        self.write(
+            Some(session),
+            WriteOp::PutIndex { key: session.clone(), entry: Box::new(entry) },
+        );
     }
 
     // ---- inspection -------------------------------------------------------------------------
@@ -843,11 +877,25 @@ impl<D: Disk> Node<D> {
             .members
             .alive()
             .values()
-            .map(|m| MemberStatus { node: m.node, addr: m.addr, generation: m.generation, alive: true })
+            .map(|m| MemberStatus {
+                node: m.node,
+                addr: m.addr,
+                generation: m.generation,
+                alive: true,
+            })
             .collect();
-        members.extend(self.members.down().values().filter(|m| !self.members.alive().contains_key(&m.node)).map(|m| {
-            MemberStatus { node: m.node, addr: m.addr, generation: m.generation, alive: false }
-        }));
+        members.extend(
+            self.members
+                .down()
+                .values()
+                .filter(|m| !self.members.alive().contains_key(&m.node))
+                .map(|m| MemberStatus {
+                    node: m.node,
+                    addr: m.addr,
+                    generation: m.generation,
+                    alive: false,
+                }),
+        );
         NodeStatus {
             node: Some(self.cfg.node),
             members,
@@ -904,7 +952,11 @@ impl<D: Disk> Node<D> {
 
     /// Read access to our copy of a session (hydrating it); for the simulator's checker and the
     /// node's local reads.
-    pub fn read_doc<R>(&mut self, session: &SessionKey, f: impl FnOnce(&mut SessionDoc) -> R) -> Option<R> {
+    pub fn read_doc<R>(
+        &mut self,
+        session: &SessionKey,
+        f: impl FnOnce(&mut SessionDoc) -> R,
+    ) -> Option<R> {
         if !self.hydrate(session).ok()? {
             return None;
         }

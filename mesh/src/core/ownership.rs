@@ -82,12 +82,12 @@ impl<D: Disk> Node<D> {
     fn set_epoch(&mut self, session: &SessionKey, epoch: Epoch) -> Option<Epoch> {
         let state = self.sessions.entry(session.clone()).or_default();
         let old = state.epoch.replace(epoch);
-        if let Some(o) = old {
-            if let Some(set) = self.by_owner.get_mut(&o.node) {
-                set.remove(session);
-                if set.is_empty() {
-                    self.by_owner.remove(&o.node);
-                }
+        if let Some(o) = old
+            && let Some(set) = self.by_owner.get_mut(&o.node)
+        {
+            set.remove(session);
+            if set.is_empty() {
+                self.by_owner.remove(&o.node);
             }
         }
         self.by_owner.entry(epoch.node).or_default().insert(session.clone());
@@ -111,7 +111,10 @@ impl<D: Disk> Node<D> {
             if let Some(state) = self.sessions.get_mut(session) {
                 state.role = Some(OwnerRole::default());
             }
-            self.when_durable(session, AfterDurable::ClaimDurable { session: session.clone(), epoch });
+            self.when_durable(
+                session,
+                AfterDurable::ClaimDurable { session: session.clone(), epoch },
+            );
         }
         self.persist_index(session);
         if self.local_subs.contains_key(session) {
@@ -146,7 +149,12 @@ impl<D: Disk> Node<D> {
         self.forward_parked(session, role.parked, epoch.node);
     }
 
-    fn forward_parked(&mut self, session: &SessionKey, parked: Vec<(Origin, super::api::RequestBody)>, to: NodeId) {
+    fn forward_parked(
+        &mut self,
+        session: &SessionKey,
+        parked: Vec<(Origin, super::api::RequestBody)>,
+        to: NodeId,
+    ) {
         for (origin, body) in parked {
             match origin {
                 Origin::Local(req) => {
@@ -157,7 +165,16 @@ impl<D: Disk> Node<D> {
                     if to == self.cfg.node {
                         self.serve(Origin::Remote { node, id }, session.clone(), body);
                     } else {
-                        self.send(to, Msg::Request { id, origin: node, session: session.clone(), hops: 1, body });
+                        self.send(
+                            to,
+                            Msg::Request {
+                                id,
+                                origin: node,
+                                session: session.clone(),
+                                hops: 1,
+                                body,
+                            },
+                        );
                     }
                 }
             }
@@ -215,8 +232,12 @@ impl<D: Disk> Node<D> {
             return;
         }
         let me = self.cfg.node;
-        let down_owners: Vec<NodeId> =
-            self.by_owner.keys().copied().filter(|n| *n != me && !self.members.is_alive(n)).collect();
+        let down_owners: Vec<NodeId> = self
+            .by_owner
+            .keys()
+            .copied()
+            .filter(|n| *n != me && !self.members.is_alive(n))
+            .collect();
         let mut takeovers = 0;
         for owner in down_owners {
             let sessions: Vec<SessionKey> =
@@ -262,7 +283,12 @@ impl<D: Disk> Node<D> {
             .get(&self.cfg.node)
             .map(|set| {
                 set.iter()
-                    .filter(|s| self.sessions.get(*s).and_then(|st| st.role.as_ref()).is_some_and(|r| r.handoff.is_some()))
+                    .filter(|s| {
+                        self.sessions
+                            .get(*s)
+                            .and_then(|st| st.role.as_ref())
+                            .is_some_and(|r| r.handoff.is_some())
+                    })
                     .count()
             })
             .unwrap_or(0)
@@ -270,12 +296,19 @@ impl<D: Disk> Node<D> {
 
     // ---- handoff ----------------------------------------------------------------------------
 
-    pub(crate) fn start_handoff(&mut self, session: &SessionKey, target: NodeId, reason: HandoffReason) {
+    pub(crate) fn start_handoff(
+        &mut self,
+        session: &SessionKey,
+        target: NodeId,
+        reason: HandoffReason,
+    ) {
         if self.hydrate(session).is_err() {
             return;
         }
         let now = self.now;
-        let Some(role) = self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) else { return };
+        let Some(role) = self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) else {
+            return;
+        };
         role.deferred = true;
         role.handoff = Some(Handoff { target, reason, phase: Phase::Quiesce, started: now });
         let running = !role.running.is_empty();
@@ -307,7 +340,9 @@ impl<D: Disk> Node<D> {
     }
 
     fn enter_syncing(&mut self, session: &SessionKey) {
-        let Some(role) = self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) else { return };
+        let Some(role) = self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) else {
+            return;
+        };
         let Some(h) = role.handoff.as_mut() else { return };
         h.phase = Phase::Syncing;
         let target = h.target;
@@ -320,7 +355,12 @@ impl<D: Disk> Node<D> {
 
     /// A sync message from `from` reported its heads: if it is our handoff target and its copy
     /// equals ours, offer the session.
-    pub(crate) fn handoff_sync_progress(&mut self, from: NodeId, session: &SessionKey, their_heads: HeadsDigest) {
+    pub(crate) fn handoff_sync_progress(
+        &mut self,
+        from: NodeId,
+        session: &SessionKey,
+        their_heads: HeadsDigest,
+    ) {
         if let Some((target, Phase::Syncing)) = self.handoff_target(session) {
             let ours = self.sessions.get(session).map(|s| s.heads);
             if target == from && ours == Some(their_heads) {
@@ -342,19 +382,42 @@ impl<D: Disk> Node<D> {
 
     pub(crate) fn handoff_tick(&mut self, session: &SessionKey) {
         let Some((target, phase)) = self.handoff_target(session) else { return };
-        let started = self.sessions.get(session).and_then(|s| s.role.as_ref()).and_then(|r| r.handoff.as_ref()).map_or(0, |h| h.started);
-        if self.now.saturating_sub(started) > self.cfg.timing.handoff_timeout_ms || !self.members.is_alive(&target) {
-            let reason = self.sessions.get(session).and_then(|s| s.role.as_ref()).and_then(|r| r.handoff.as_ref()).map(|h| h.reason);
+        let started = self
+            .sessions
+            .get(session)
+            .and_then(|s| s.role.as_ref())
+            .and_then(|r| r.handoff.as_ref())
+            .map_or(0, |h| h.started);
+        if self.now.saturating_sub(started) > self.cfg.timing.handoff_timeout_ms
+            || !self.members.is_alive(&target)
+        {
+            let reason = self
+                .sessions
+                .get(session)
+                .and_then(|s| s.role.as_ref())
+                .and_then(|r| r.handoff.as_ref())
+                .map(|h| h.reason);
             tracing::warn!(%session, target = %target.short(), ?phase, ?reason, "handoff abandoned");
             self.abandon_handoff(session);
             return;
         }
         match phase {
             Phase::Quiesce => {
-                let running = self.sessions.get(session).and_then(|s| s.role.as_ref()).is_some_and(|r| !r.running.is_empty());
-                let past_drain = self.drain.as_ref().is_some_and(|d| self.now + self.cfg.timing.handoff_step_ms * 4 >= d.deadline);
+                let running = self
+                    .sessions
+                    .get(session)
+                    .and_then(|s| s.role.as_ref())
+                    .is_some_and(|r| !r.running.is_empty());
+                let past_drain = self
+                    .drain
+                    .as_ref()
+                    .is_some_and(|d| self.now + self.cfg.timing.handoff_step_ms * 4 >= d.deadline);
                 if past_drain && running {
-                    self.out.push(Effect::AbortTurns { session: session.clone(), run_id: None, reason: AbortReason::Drain });
+                    self.out.push(Effect::AbortTurns {
+                        session: session.clone(),
+                        run_id: None,
+                        reason: AbortReason::Drain,
+                    });
                 }
                 if !running {
                     self.enter_syncing(session);
@@ -397,7 +460,13 @@ impl<D: Disk> Node<D> {
     }
 
     /// The owner offers us `session` under `epoch`.
-    pub(crate) fn handoff_offered(&mut self, from: NodeId, session: SessionKey, epoch: Epoch, heads: HeadsDigest) {
+    pub(crate) fn handoff_offered(
+        &mut self,
+        from: NodeId,
+        session: SessionKey,
+        epoch: Epoch,
+        heads: HeadsDigest,
+    ) {
         let refuse = |reason| Msg::HandoffRefuse { session: session.clone(), epoch, reason };
         if self.drain.is_some() || self.left || epoch.node != self.cfg.node {
             return self.send(from, refuse(HandoffRefusal::Unwilling));
@@ -415,7 +484,10 @@ impl<D: Disk> Node<D> {
         }
         self.persist_index(&session);
         tracing::info!(%session, epoch = ?epoch, from = %from.short(), "handoff accepted");
-        self.when_durable(&session, AfterDurable::AcceptHandoff { session: session.clone(), epoch, to: from });
+        self.when_durable(
+            &session,
+            AfterDurable::AcceptHandoff { session: session.clone(), epoch, to: from },
+        );
     }
 
     /// The successor owns `session` now.
@@ -425,7 +497,9 @@ impl<D: Disk> Node<D> {
             // Not our offer (or already settled): just learn the record.
             return self.observe_epoch(&session, epoch);
         }
-        let Some(role) = self.sessions.get_mut(&session).and_then(|s| s.role.take()) else { return };
+        let Some(role) = self.sessions.get_mut(&session).and_then(|s| s.role.take()) else {
+            return;
+        };
         self.set_epoch(&session, epoch);
         self.persist_index(&session);
         self.counters.handoffs_completed += 1;
@@ -441,7 +515,13 @@ impl<D: Disk> Node<D> {
         self.handoff_finished(&session);
     }
 
-    pub(crate) fn handoff_refused(&mut self, from: NodeId, session: SessionKey, epoch: Epoch, reason: HandoffRefusal) {
+    pub(crate) fn handoff_refused(
+        &mut self,
+        from: NodeId,
+        session: SessionKey,
+        epoch: Epoch,
+        reason: HandoffRefusal,
+    ) {
         let ours = matches!(self.handoff_target(&session), Some((t, Phase::Offered(e))) if t == from && e == epoch);
         if !ours {
             return;
@@ -460,7 +540,9 @@ impl<D: Disk> Node<D> {
                 self.forward_parked(&session, parked, me);
                 self.enter_syncing(&session);
             }
-            HandoffRefusal::StaleEpoch | HandoffRefusal::Unwilling => self.abandon_handoff(&session),
+            HandoffRefusal::StaleEpoch | HandoffRefusal::Unwilling => {
+                self.abandon_handoff(&session)
+            }
         }
     }
 
@@ -488,10 +570,14 @@ impl<D: Disk> Node<D> {
                 return;
             }
             let Some(session) = d.queue.pop_front() else { break };
-            let already = self.sessions.get(&session).and_then(|s| s.role.as_ref()).map(|r| r.handoff.is_some());
+            let already = self
+                .sessions
+                .get(&session)
+                .and_then(|s| s.role.as_ref())
+                .map(|r| r.handoff.is_some());
             match already {
-                None => continue,              // no longer ours
-                Some(true) => continue,        // counted in `active` already
+                None => continue,       // no longer ours
+                Some(true) => continue, // counted in `active` already
                 Some(false) => {}
             }
             match self.candidate_owner(&session) {
@@ -518,9 +604,14 @@ impl<D: Disk> Node<D> {
             return;
         }
         let me = self.cfg.node;
-        let owned: Vec<SessionKey> = self.by_owner.get(&me).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let owned: Vec<SessionKey> =
+            self.by_owner.get(&me).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         for s in &owned {
-            self.out.push(Effect::AbortTurns { session: s.clone(), run_id: None, reason: AbortReason::Drain });
+            self.out.push(Effect::AbortTurns {
+                session: s.clone(),
+                run_id: None,
+                reason: AbortReason::Drain,
+            });
         }
         if let Some(d) = self.drain.as_mut() {
             d.left_behind += owned.len();

@@ -25,7 +25,10 @@ fn weight(session: &SessionKey, node: &NodeId) -> [u8; 32] {
 
 /// All `nodes` ordered by preference for `session`, most preferred first. Ties (impossible in
 /// practice) break by node id so the order is total.
-pub fn preference_list(session: &SessionKey, nodes: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
+pub fn preference_list(
+    session: &SessionKey,
+    nodes: impl IntoIterator<Item = NodeId>,
+) -> Vec<NodeId> {
     let mut weighted: Vec<([u8; 32], NodeId)> =
         nodes.into_iter().map(|n| (weight(session, &n), n)).collect();
     weighted.sort_unstable_by(|a, b| b.cmp(a));
@@ -35,7 +38,11 @@ pub fn preference_list(session: &SessionKey, nodes: impl IntoIterator<Item = Nod
 
 /// The replicas of `session`: the first `r` nodes of its preference list (fewer when the
 /// cluster is smaller).
-pub fn replicas(session: &SessionKey, nodes: impl IntoIterator<Item = NodeId>, r: usize) -> Vec<NodeId> {
+pub fn replicas(
+    session: &SessionKey,
+    nodes: impl IntoIterator<Item = NodeId>,
+    r: usize,
+) -> Vec<NodeId> {
     let mut list = preference_list(session, nodes);
     list.truncate(r);
     list

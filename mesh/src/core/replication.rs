@@ -54,7 +54,9 @@ pub(crate) struct SyncTable {
 
 impl SyncTable {
     fn busy(&self, peer: NodeId, session: &SessionKey, now: Millis, idle_ms: u64) -> bool {
-        self.exchanges.get(&(peer, session.clone())).is_some_and(|x| now.saturating_sub(x.last) < idle_ms)
+        self.exchanges
+            .get(&(peer, session.clone()))
+            .is_some_and(|x| now.saturating_sub(x.last) < idle_ms)
     }
 
     pub fn forget_peer(&mut self, peer: &NodeId) {
@@ -65,7 +67,9 @@ impl SyncTable {
         if self.exchanges.len() < SYNC_EXCHANGES_MAX {
             return;
         }
-        if let Some(oldest) = self.exchanges.iter().min_by_key(|(_, x)| x.last).map(|(k, _)| k.clone()) {
+        if let Some(oldest) =
+            self.exchanges.iter().min_by_key(|(_, x)| x.last).map(|(k, _)| k.clone())
+        {
             self.exchanges.remove(&oldest);
         }
     }
@@ -99,7 +103,10 @@ impl<D: Disk> Node<D> {
                 continue;
             }
             self.counters.changes_pushed += 1;
-            self.send(r, Msg::Changes { session: session.clone(), chunks: chunks.clone(), epoch, ack });
+            self.send(
+                r,
+                Msg::Changes { session: session.clone(), chunks: chunks.clone(), epoch, ack },
+            );
         }
         ack
     }
@@ -129,11 +136,9 @@ impl<D: Disk> Node<D> {
 
     fn check_quorum(&mut self, ack: u64) {
         let done = self.quorum.get(&ack).is_some_and(|q| q.local && q.acks.len() >= q.needed);
-        if done {
-            if let Some(q) = self.quorum.remove(&ack) {
-                for w in q.then {
-                    self.run_quorum_action(w);
-                }
+        if done && let Some(q) = self.quorum.remove(&ack) {
+            for w in q.then {
+                self.run_quorum_action(w);
             }
         }
     }
@@ -160,7 +165,9 @@ impl<D: Disk> Node<D> {
     fn run_quorum_action(&mut self, action: AfterDurable) {
         match action {
             AfterDurable::Respond { to, result } => self.answer(to, result),
-            AfterDurable::StartTurn { session, message_id } => self.start_turn(&session, &message_id),
+            AfterDurable::StartTurn { session, message_id } => {
+                self.start_turn(&session, &message_id)
+            }
             other => tracing::error!(?other, "unexpected action behind a write quorum"),
         }
     }
@@ -196,7 +203,10 @@ impl<D: Disk> Node<D> {
             self.remote_changes_arrived(&session);
         }
         if let Some(ack) = ack {
-            self.when_durable(&session, AfterDurable::ChangesAck { session: session.clone(), to: from, ack });
+            self.when_durable(
+                &session,
+                AfterDurable::ChangesAck { session: session.clone(), to: from, ack },
+            );
         }
     }
 
@@ -238,7 +248,11 @@ impl<D: Disk> Node<D> {
             let holds = state.epoch.is_some_and(|e| e.node == peer)
                 || placement::replicas(key, live.iter().copied(), r).contains(&peer);
             if holds {
-                entries.push(DigestEntry { session: key.clone(), heads: state.heads, epoch: state.epoch });
+                entries.push(DigestEntry {
+                    session: key.clone(),
+                    heads: state.heads,
+                    epoch: state.epoch,
+                });
             }
             if entries.len() >= DIGEST_ENTRIES_MAX || scanned >= AE_SCAN_SESSIONS_MAX {
                 reached_end = false;
@@ -273,10 +287,10 @@ impl<D: Disk> Node<D> {
                 self.observe_epoch(&e.session, epoch);
             }
             let ours = self.sessions.get(&e.session).map(|s| (s.epoch, s.heads));
-            if let Some((Some(our_epoch), _)) = ours {
-                if e.epoch.is_none_or(|theirs| theirs < our_epoch) {
-                    self.send(from, Msg::Owner { session: e.session.clone(), epoch: our_epoch });
-                }
+            if let Some((Some(our_epoch), _)) = ours
+                && e.epoch.is_none_or(|theirs| theirs < our_epoch)
+            {
+                self.send(from, Msg::Owner { session: e.session.clone(), epoch: our_epoch });
             }
             let our_heads = ours.map(|(_, heads)| heads);
             if our_heads != Some(e.heads) && starts < SYNC_STARTS_PER_DIGEST_MAX {
@@ -338,14 +352,20 @@ impl<D: Disk> Node<D> {
         let Some(mut x) = self.sync.exchanges.remove(&key) else { return };
         let message: Option<SyncMessage> = self
             .with_doc(session, |doc| doc.generate_sync_message(&mut x.state))
-            .and_then(|r| r.map_err(|e| tracing::warn!(%session, error = %e, "sync message not generated")).ok())
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!(%session, error = %e, "sync message not generated"))
+                    .ok()
+            })
             .flatten();
         let heads = self.sessions.get(session).map(|s| s.heads).unwrap_or_default();
         let epoch = self.sessions.get(session).and_then(|s| s.epoch);
         if message.is_none() && !report {
             // Both sides have nothing more to say.
             let bytes = x.state.encode();
-            self.write(Some(session), WriteOp::PutSyncState { peer: peer_name(&peer), key: session.clone(), bytes });
+            self.write(
+                Some(session),
+                WriteOp::PutSyncState { peer: peer_name(&peer), key: session.clone(), bytes },
+            );
             return;
         }
         x.last = self.now;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use beamclaw_crdt::doc::SessionDoc;
-use beamclaw_crdt::{Message, MESSAGE_ID_BYTES_MAX, Role, SessionKey};
+use beamclaw_crdt::{MESSAGE_ID_BYTES_MAX, Message, Role, SessionKey};
 
 use super::api::{ReqId, RequestBody, RequestError, Response, RunStatus, SessionOp};
 use super::ids::NodeId;
@@ -62,7 +62,10 @@ fn validate(body: &RequestBody) -> Result<(), RequestError> {
                 return invalid(format!("agent id must be 1 to {AGENT_ID_BYTES_MAX} bytes"));
             }
             if message.role != Role::User {
-                return invalid(format!("a submitted message must have role user, not {}", message.role.as_str()));
+                return invalid(format!(
+                    "a submitted message must have role user, not {}",
+                    message.role.as_str()
+                ));
             }
         }
         RequestBody::Read { limit, .. } => {
@@ -88,7 +91,9 @@ impl<D: Disk> Node<D> {
             return;
         }
         if self.requests.len() >= PENDING_REQUESTS_MAX {
-            let e = RequestError::Unavailable(format!("{PENDING_REQUESTS_MAX} requests already in flight on this node"));
+            let e = RequestError::Unavailable(format!(
+                "{PENDING_REQUESTS_MAX} requests already in flight on this node"
+            ));
             self.deliver(super::api::Event::Response { req, result: Err(e) });
             return;
         }
@@ -96,7 +101,8 @@ impl<D: Disk> Node<D> {
             // The client wants this turn's events: make sure they reach this node.
             self.subscribe_local(session.clone());
         }
-        self.requests.insert(req, PendingRequest { session, body, attempts: 0, sent_to: None, deadline: 0 });
+        self.requests
+            .insert(req, PendingRequest { session, body, attempts: 0, sent_to: None, deadline: 0 });
         self.route_pending(req);
     }
 
@@ -146,7 +152,10 @@ impl<D: Disk> Node<D> {
         if p.attempts >= self.cfg.timing.request_attempts_max {
             let waited = u64::from(p.attempts) * self.cfg.timing.request_attempt_ms;
             self.requests.remove(&req);
-            self.deliver(super::api::Event::Response { req, result: Err(RequestError::Timeout(waited)) });
+            self.deliver(super::api::Event::Response {
+                req,
+                result: Err(RequestError::Timeout(waited)),
+            });
             return;
         }
         self.route_pending(req);
@@ -154,13 +163,17 @@ impl<D: Disk> Node<D> {
 
     /// Routes again every request we sent to `node`, which went down or restarted.
     pub(crate) fn reroute_requests_sent_to(&mut self, node: NodeId) {
-        let reqs: Vec<ReqId> =
-            self.requests.iter().filter(|(_, p)| p.sent_to == Some(node)).map(|(r, _)| *r).collect();
+        let reqs: Vec<ReqId> = self
+            .requests
+            .iter()
+            .filter(|(_, p)| p.sent_to == Some(node))
+            .map(|(r, _)| *r)
+            .collect();
         for req in reqs {
-            if let Some(p) = self.requests.get(&req) {
-                if p.attempts >= self.cfg.timing.request_attempts_max {
-                    continue; // its timer answers it
-                }
+            if let Some(p) = self.requests.get(&req)
+                && p.attempts >= self.cfg.timing.request_attempts_max
+            {
+                continue; // its timer answers it
             }
             self.route_pending(req);
         }
@@ -240,7 +253,12 @@ impl<D: Disk> Node<D> {
     }
 
     /// The owner's answer to a request we originated.
-    pub(crate) fn response(&mut self, _from: NodeId, id: u64, result: Result<Response, RequestError>) {
+    pub(crate) fn response(
+        &mut self,
+        _from: NodeId,
+        id: u64,
+        result: Result<Response, RequestError>,
+    ) {
         let Some(p) = self.requests.get(&id) else { return }; // answered already, or a late duplicate
         if matches!(result, Err(RequestError::Unavailable(_)))
             && p.attempts < self.cfg.timing.request_attempts_max
@@ -259,25 +277,32 @@ impl<D: Disk> Node<D> {
 
     /// Serves a request as the session's owner.
     pub(crate) fn serve(&mut self, origin: Origin, session: SessionKey, body: RequestBody) {
-        if let Some(role) = self.sessions.get_mut(&session).and_then(|s| s.role.as_mut()) {
-            if role.handoff.as_ref().is_some_and(|h| h.is_offered()) {
-                // The session is being handed over: hold the request until we know who owns it.
-                role.parked.push((origin, body));
-                return;
-            }
+        if let Some(role) = self.sessions.get_mut(&session).and_then(|s| s.role.as_mut())
+            && role.handoff.as_ref().is_some_and(|h| h.is_offered())
+        {
+            // The session is being handed over: hold the request until we know who owns it.
+            role.parked.push((origin, body));
+            return;
         }
         let result = match body {
             RequestBody::Submit { agent_id, message, idempotency_key } => {
                 return self.serve_submit(origin, &session, &agent_id, message, &idempotency_key);
             }
-            RequestBody::Read { limit, before } => self.serve_read(&session, limit, before.as_deref()),
+            RequestBody::Read { limit, before } => {
+                self.serve_read(&session, limit, before.as_deref())
+            }
             RequestBody::Mutate(op) => return self.serve_mutate(origin, &session, op),
         };
         self.answer(origin, result);
     }
 
     /// Hydrates `session`, creating it (as `agent_id`) when it does not exist anywhere we know.
-    fn hydrate_or_create(&mut self, session: &SessionKey, agent_id: &str, at_ms: i64) -> Result<(), RequestError> {
+    fn hydrate_or_create(
+        &mut self,
+        session: &SessionKey,
+        agent_id: &str,
+        at_ms: i64,
+    ) -> Result<(), RequestError> {
         let session_id = self.fresh_id();
         if self.hydrate(session)? {
             // A placeholder made for a replica's changes that never brought the manifest: this
@@ -303,7 +328,7 @@ impl<D: Disk> Node<D> {
         origin: Origin,
         session: &SessionKey,
         agent_id: &str,
-        mut message: Message,
+        mut message: Box<Message>,
         idempotency_key: &str,
     ) {
         if let Err(e) = self.hydrate_or_create(session, agent_id, message.timestamp_ms) {
@@ -312,7 +337,8 @@ impl<D: Disk> Node<D> {
         let id = message_id_for(session, idempotency_key);
         let run_id = idempotency_key.to_string();
         let Some(epoch) = self.sessions.get(session).and_then(|s| s.epoch) else {
-            return self.answer(origin, Err(RequestError::Unavailable("ownership not settled".into())));
+            return self
+                .answer(origin, Err(RequestError::Unavailable("ownership not settled".into())));
         };
         let existing = self.with_doc(session, |doc| {
             let present = doc.get(&id).ok().flatten().is_some()
@@ -337,13 +363,21 @@ impl<D: Disk> Node<D> {
         match self.with_doc(session, |doc| doc.append(&message)) {
             Some(Ok(_)) => {}
             Some(Err(e)) => return self.answer(origin, Err(RequestError::Invalid(e.to_string()))),
-            None => return self.answer(origin, Err(RequestError::Storage("session not hydrated".into()))),
+            None => {
+                return self
+                    .answer(origin, Err(RequestError::Storage("session not hydrated".into())));
+            }
         }
         self.counters.submits_accepted += 1;
         let ack = self.commit_doc(session, true);
         let respond = AfterDurable::Respond {
             to: origin.clone(),
-            result: Ok(Response::Submitted { run_id, message_id: id.clone(), status: RunStatus::Started, epoch }),
+            result: Ok(Response::Submitted {
+                run_id,
+                message_id: id.clone(),
+                status: RunStatus::Started,
+                epoch,
+            }),
         };
         let start = AfterDurable::StartTurn { session: session.clone(), message_id: id };
         if self.cfg.planted.ack_before_durable {
@@ -361,7 +395,12 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    fn serve_read(&mut self, session: &SessionKey, limit: usize, before: Option<&str>) -> Result<Response, RequestError> {
+    fn serve_read(
+        &mut self,
+        session: &SessionKey,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Response, RequestError> {
         if !self.hydrate(session)? {
             return Err(RequestError::NotFound);
         }
@@ -374,7 +413,12 @@ impl<D: Disk> Node<D> {
                 messages.remove(0);
             }
             let meta = doc.meta()?;
-            Ok(Response::History { session_id: meta.session_id.clone(), more, messages, meta })
+            Ok(Response::History {
+                session_id: meta.session_id.clone(),
+                more,
+                messages,
+                meta: Box::new(meta),
+            })
         });
         match read {
             Some(Ok(r)) => Ok(r),
@@ -386,7 +430,9 @@ impl<D: Disk> Node<D> {
     fn serve_mutate(&mut self, origin: Origin, session: &SessionKey, op: SessionOp) {
         let mut aborted_runs = Vec::new();
         let outcome: Result<(), RequestError> = match op {
-            SessionOp::Create { agent_id, at_ms } => self.hydrate_or_create(session, &agent_id, at_ms),
+            SessionOp::Create { agent_id, at_ms } => {
+                self.hydrate_or_create(session, &agent_id, at_ms)
+            }
             SessionOp::Abort { run_id } => {
                 if let Some(role) = self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) {
                     aborted_runs = role
@@ -411,7 +457,7 @@ impl<D: Disk> Node<D> {
                 Err(e) => Err(e),
                 Ok(true) => self
                     .with_doc(session, |doc| apply_op(doc, other))
-                    .unwrap_or_else(|| Err(RequestError::NotFound)),
+                    .unwrap_or(Err(RequestError::NotFound)),
             },
         };
         if let Err(e) = outcome {

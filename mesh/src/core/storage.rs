@@ -30,7 +30,8 @@ pub enum DiskError {
 pub trait Disk {
     /// The stored session as a document writing as `actor`, or `None` for an unknown session.
     /// Loading is strict: damaged bytes quarantine the session (`DiskError::Quarantined`).
-    fn load_session(&self, key: &SessionKey, actor: &[u8]) -> Result<Option<SessionDoc>, DiskError>;
+    fn load_session(&self, key: &SessionKey, actor: &[u8])
+    -> Result<Option<SessionDoc>, DiskError>;
     /// Index entries in key order, strictly after `after`.
     fn index_page(
         &self,

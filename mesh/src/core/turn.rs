@@ -32,7 +32,12 @@ pub enum TurnEvent {
     /// A tool finished (phase `result`).
     ToolResult { tool_call_id: String, name: String, result: String, is_error: bool },
     /// The run finished; `message` is the final assistant message as written to the document.
-    Final { message: Box<Message>, stop_reason: StopReason, usage: Usage },
+    Final {
+        #[serde(with = "super::wire::as_json")]
+        message: Box<Message>,
+        stop_reason: StopReason,
+        usage: Usage,
+    },
     /// The run was aborted (by `chat.abort`, an interrupting message, or a stale epoch).
     Aborted { partial_text: String },
     /// The run failed; `kind` is a stable machine name (`provider_error`, `timeout`, ...).
@@ -42,6 +47,9 @@ pub enum TurnEvent {
 impl TurnEvent {
     /// Whether this event ends the run.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, TurnEvent::Final { .. } | TurnEvent::Aborted { .. } | TurnEvent::Error { .. })
+        matches!(
+            self,
+            TurnEvent::Final { .. } | TurnEvent::Aborted { .. } | TurnEvent::Error { .. }
+        )
     }
 }

@@ -31,7 +31,12 @@ impl<D: Disk> Node<D> {
             return;
         }
         let Some(epoch) = self.sessions.get(session).and_then(|s| s.epoch) else { return };
-        if self.sessions.get(session).and_then(|s| s.role.as_ref()).is_some_and(|r| r.started.contains(message_id)) {
+        if self
+            .sessions
+            .get(session)
+            .and_then(|s| s.role.as_ref())
+            .is_some_and(|r| r.started.contains(message_id))
+        {
             return;
         }
         let found = self.with_doc(session, |doc| {
@@ -79,11 +84,11 @@ impl<D: Disk> Node<D> {
         let at = self.now + self.cfg.timing.resume_grace_ms;
         let mut any = false;
         for state in self.sessions.values_mut() {
-            if let Some(role) = state.role.as_mut() {
-                if role.resume_after == Some(u64::MAX) {
-                    role.resume_after = Some(at);
-                    any = true;
-                }
+            if let Some(role) = state.role.as_mut()
+                && role.resume_after == Some(u64::MAX)
+            {
+                role.resume_after = Some(at);
+                any = true;
             }
         }
         if any {
@@ -124,7 +129,9 @@ impl<D: Disk> Node<D> {
                 }
                 self.fan_out_turn_event(run, event);
             }
-            TurnInput::Output { run, messages, usage, done } => self.turn_output(run, messages, usage, done),
+            TurnInput::Output { run, messages, usage, done } => {
+                self.turn_output(run, messages, usage, done)
+            }
             TurnInput::Idle { session } => {
                 let runs = self
                     .sessions
@@ -140,13 +147,23 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    fn turn_output(&mut self, run: RunRef, messages: Vec<beamclaw_crdt::Message>, usage: Usage, done: bool) {
+    fn turn_output(
+        &mut self,
+        run: RunRef,
+        messages: Vec<beamclaw_crdt::Message>,
+        usage: Usage,
+        done: bool,
+    ) {
         let session = run.session.clone();
         if !self.check_epoch(&session, run.epoch) {
             // A turn of an epoch we no longer own: refuse its output (the new owner re-runs it).
             self.counters.turn_outputs_stale += 1;
             tracing::info!(%session, run = %run.run_id, term = run.epoch, "stale turn output refused");
-            self.out.push(Effect::AbortTurns { session, run_id: Some(run.run_id), reason: AbortReason::StaleEpoch });
+            self.out.push(Effect::AbortTurns {
+                session,
+                run_id: Some(run.run_id),
+                reason: AbortReason::StaleEpoch,
+            });
             return;
         }
         if self.hydrate(&session).ok() != Some(true) {
@@ -164,10 +181,10 @@ impl<D: Disk> Node<D> {
                 tracing::warn!(%session, message = %id, error = %e, "turn output message refused");
             }
         }
-        if usage != Usage::default() {
-            if let Some(Err(e)) = self.with_doc(&session, |doc| doc.add_usage(&usage)) {
-                tracing::warn!(%session, error = %e, "usage not recorded");
-            }
+        if usage != Usage::default()
+            && let Some(Err(e)) = self.with_doc(&session, |doc| doc.add_usage(&usage))
+        {
+            tracing::warn!(%session, error = %e, "usage not recorded");
         }
         self.commit_doc(&session, true);
         if !done {
@@ -187,7 +204,11 @@ impl<D: Disk> Node<D> {
             let event = TurnEvent::Final { message: Box::new(message), stop_reason, usage };
             self.when_durable(&session, AfterDurable::FinalEvent { run, event });
         }
-        let idle = self.sessions.get(&session).and_then(|s| s.role.as_ref()).is_some_and(|r| r.running.is_empty());
+        let idle = self
+            .sessions
+            .get(&session)
+            .and_then(|s| s.role.as_ref())
+            .is_some_and(|r| r.running.is_empty());
         if idle {
             self.handoff_quiesced(&session);
         }

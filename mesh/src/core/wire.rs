@@ -10,7 +10,7 @@ use beamclaw_crdt::{Chunk, HeadsDigest, SessionKey};
 use serde::{Deserialize, Serialize};
 
 use super::api::{RequestBody, RequestError, Response};
-use super::ids::{Epoch, Generation, NodeId};
+use super::ids::{Epoch, Generation, Member, NodeId};
 use super::turn::{RunRef, TurnEvent};
 
 /// The protocol this build speaks.
@@ -71,17 +71,40 @@ pub enum Msg {
     Swim(Vec<u8>),
     /// A request for the owner of `session`. `origin` is the node where the client sent it (the
     /// answer goes straight back there); `hops` counts forwards between nodes.
-    Request { id: u64, origin: NodeId, session: SessionKey, hops: u8, body: RequestBody },
+    Request {
+        id: u64,
+        origin: NodeId,
+        session: SessionKey,
+        hops: u8,
+        body: RequestBody,
+    },
     /// The owner's answer to `Request { id }`.
-    Response { id: u64, result: Result<Response, RequestError> },
+    Response {
+        id: u64,
+        result: Result<Response, RequestError>,
+    },
     /// A turn event, from the owner to a node with subscribers.
-    Turn { run: RunRef, event: TurnEvent },
+    Turn {
+        run: RunRef,
+        event: TurnEvent,
+    },
     /// "I have local subscribers for `session`: send me its turn events for `ttl_ms`."
-    Subscribe { session: SessionKey, ttl_ms: u64 },
+    Subscribe {
+        session: SessionKey,
+        ttl_ms: u64,
+    },
     /// Changes pushed by the writer of a session to its replicas. When `ack` is set the replica
     /// answers `ChangesAck` once the chunks are durable (write quorum).
-    Changes { session: SessionKey, chunks: Vec<Chunk>, epoch: Option<Epoch>, ack: Option<u64> },
-    ChangesAck { session: SessionKey, ack: u64 },
+    Changes {
+        session: SessionKey,
+        chunks: Vec<Chunk>,
+        epoch: Option<Epoch>,
+        ack: Option<u64>,
+    },
+    ChangesAck {
+        session: SessionKey,
+        ack: u64,
+    },
     /// One round of Automerge's sync protocol for a session. `heads` is the sender's digest after
     /// applying what it received, so each side knows when both are equal.
     Sync {
@@ -92,14 +115,37 @@ pub enum Msg {
     },
     /// Anti-entropy: what the sender holds of the sessions in `[from, to]` that the receiver
     /// should hold too. `to` is `None` when the page reaches the end of the sender's key space.
-    Digest { entries: Vec<DigestEntry>, from: Option<SessionKey>, to: Option<SessionKey> },
+    Digest {
+        entries: Vec<DigestEntry>,
+        from: Option<SessionKey>,
+        to: Option<SessionKey>,
+    },
     /// An owner record, sent directly (also spread by foca custom broadcasts).
-    Owner { session: SessionKey, epoch: Epoch },
+    Owner {
+        session: SessionKey,
+        epoch: Epoch,
+    },
     /// The owner offers the session to its successor under `epoch` (term + 1, successor).
-    HandoffOffer { session: SessionKey, epoch: Epoch, heads: HeadsDigest },
+    HandoffOffer {
+        session: SessionKey,
+        epoch: Epoch,
+        heads: HeadsDigest,
+    },
     /// The successor made `epoch` durable and owns the session now.
-    HandoffAccept { session: SessionKey, epoch: Epoch },
-    HandoffRefuse { session: SessionKey, epoch: Epoch, reason: HandoffRefusal },
+    HandoffAccept {
+        session: SessionKey,
+        epoch: Epoch,
+    },
+    HandoffRefuse {
+        session: SessionKey,
+        epoch: Epoch,
+        reason: HandoffRefusal,
+    },
+    /// A joining node's identity, sent in a datagram to a seed address (whose node id it does
+    /// not know yet). The seed announces itself back to it through foca.
+    Hello {
+        member: Member,
+    },
 }
 
 impl Msg {
@@ -119,7 +165,32 @@ impl Msg {
             Msg::HandoffOffer { .. } => "handoff_offer",
             Msg::HandoffAccept { .. } => "handoff_accept",
             Msg::HandoffRefuse { .. } => "handoff_refuse",
+            Msg::Hello { .. } => "hello",
         }
+    }
+}
+
+/// Serde adapter that embeds a value as JSON bytes inside the postcard envelope.
+///
+/// Transcript messages (`crdt::Message`) and turn events carrying them are shaped for OpenClaw's
+/// JSON wire: optional fields are skipped when absent and content parts are internally tagged,
+/// neither of which a non-self-describing format like postcard can read back. They travel as
+/// JSON inside the envelope instead (size limits still apply to the whole frame).
+pub mod as_json {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = serde_json::to_vec(value).map_err(S::Error::custom)?;
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let bytes: Vec<u8> = Deserialize::deserialize(d)?;
+        serde_json::from_slice(&bytes).map_err(D::Error::custom)
     }
 }
 
@@ -154,9 +225,14 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Envelope, WireError> {
     let (version, _) =
         postcard::take_from_bytes::<u16>(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
     if version < PROTOCOL_VERSION_MIN {
-        return Err(WireError::Version { got: version, min: PROTOCOL_VERSION_MIN, max: PROTOCOL_VERSION });
+        return Err(WireError::Version {
+            got: version,
+            min: PROTOCOL_VERSION_MIN,
+            max: PROTOCOL_VERSION,
+        });
     }
-    let env: Envelope = postcard::from_bytes(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
+    let env: Envelope =
+        postcard::from_bytes(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
     Ok(env)
 }
 
@@ -175,8 +251,24 @@ mod tests {
         for msg in [
             Msg::Swim(vec![1, 2, 3]),
             Msg::Owner { session: key.clone(), epoch: Epoch { term: 3, node: NodeId([1; 32]) } },
-            Msg::Sync { session: key.clone(), message: None, heads: HeadsDigest([2; 32]), epoch: None },
-            Msg::Digest { entries: vec![], from: None, to: Some(key) },
+            Msg::Sync {
+                session: key.clone(),
+                message: None,
+                heads: HeadsDigest([2; 32]),
+                epoch: None,
+            },
+            Msg::Digest { entries: vec![], from: None, to: Some(key.clone()) },
+            Msg::Request {
+                id: 1,
+                origin: NodeId([2; 32]),
+                session: key,
+                hops: 0,
+                body: RequestBody::Submit {
+                    agent_id: "main".into(),
+                    message: Box::new(beamclaw_crdt::Message::user_text("m1", "hello", 5)),
+                    idempotency_key: "k".into(),
+                },
+            },
         ] {
             let e = env(msg);
             let bytes = encode(&e, FRAME_BYTES_MAX).unwrap();

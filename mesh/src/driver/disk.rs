@@ -7,24 +7,34 @@ use beamclaw_crdt::doc::SessionDoc;
 use beamclaw_crdt::store::{Store, StoreError};
 use beamclaw_crdt::{IndexEntry, SessionKey};
 
-use crate::core::storage::{Disk, DiskError, peer_name};
 use crate::core::NodeId;
+use crate::core::storage::{Disk, DiskError, peer_name};
 
 pub(crate) struct StoreDisk(pub Arc<Store>);
 
 fn disk_error(e: StoreError) -> DiskError {
     match e {
-        StoreError::Quarantined { key, reason, .. } => DiskError::Quarantined { key: key.to_string(), reason },
+        StoreError::Quarantined { key, reason, .. } => {
+            DiskError::Quarantined { key: key.to_string(), reason }
+        }
         other => DiskError::Io(other.to_string()),
     }
 }
 
 impl Disk for StoreDisk {
-    fn load_session(&self, key: &SessionKey, actor: &[u8]) -> Result<Option<SessionDoc>, DiskError> {
+    fn load_session(
+        &self,
+        key: &SessionKey,
+        actor: &[u8],
+    ) -> Result<Option<SessionDoc>, DiskError> {
         self.0.load_session(key, actor).map_err(disk_error)
     }
 
-    fn index_page(&self, after: Option<&SessionKey>, limit: usize) -> Result<Vec<(SessionKey, IndexEntry)>, DiskError> {
+    fn index_page(
+        &self,
+        after: Option<&SessionKey>,
+        limit: usize,
+    ) -> Result<Vec<(SessionKey, IndexEntry)>, DiskError> {
         let page = self.0.list_by_key(after, limit).map_err(disk_error)?;
         Ok(page.into_iter().map(|s| (s.key, s.entry)).collect())
     }

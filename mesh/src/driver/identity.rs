@@ -12,7 +12,9 @@ pub enum IdentityError {
     Read { path: String, source: std::io::Error },
     #[error("cannot write the node key {path}: {source}")]
     Write { path: String, source: std::io::Error },
-    #[error("the node key {path} is damaged: {reason} (restore it from a backup, or delete it to give this node a new identity)")]
+    #[error(
+        "the node key {path} is damaged: {reason} (restore it from a backup, or delete it to give this node a new identity)"
+    )]
     Damaged { path: String, reason: String },
     #[error("no OS entropy to create a node key: {0}")]
     Entropy(String),
@@ -25,12 +27,15 @@ pub fn load_or_create_node_key(path: &Path) -> Result<NodeKey, IdentityError> {
     let shown = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let bytes = hex::decode(text.trim())
-                .map_err(|e| IdentityError::Damaged { path: shown.clone(), reason: e.to_string() })?;
-            let secret: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| IdentityError::Damaged {
+            let bytes = hex::decode(text.trim()).map_err(|e| IdentityError::Damaged {
                 path: shown.clone(),
-                reason: format!("{} bytes instead of 32", b.len()),
+                reason: e.to_string(),
             })?;
+            let secret: [u8; 32] =
+                bytes.try_into().map_err(|b: Vec<u8>| IdentityError::Damaged {
+                    path: shown.clone(),
+                    reason: format!("{} bytes instead of 32", b.len()),
+                })?;
             Ok(NodeKey::from_secret(secret)?)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -38,7 +43,8 @@ pub fn load_or_create_node_key(path: &Path) -> Result<NodeKey, IdentityError> {
             getrandom::fill(&mut secret).map_err(|e| IdentityError::Entropy(e.to_string()))?;
             let key = NodeKey::from_secret(secret)?;
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write { path: shown.clone(), source })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| IdentityError::Write { path: shown.clone(), source })?;
             }
             let tmp = path.with_extension("tmp");
             let write = |source| IdentityError::Write { path: shown.clone(), source };

@@ -24,12 +24,12 @@ use beamclaw_crdt::{IndexEntry, SessionKey};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::core::storage::WriteOp;
 use crate::core::{
     AbortReason, BatchId, Command, Effect, Event, Input, Millis, Node, NodeConfig, NodeId,
     NodeStatus, RequestBody, RequestError, Response, RunRef, SwimPreset, Timer, Timing, TurnInput,
     generation_for_start,
 };
-use crate::core::storage::WriteOp;
 
 pub use identity::load_or_create_node_key;
 pub use tls::{ClusterKey, LOOPBACK_DEV_SECRET, NodeKey};
@@ -105,19 +105,41 @@ impl MeshConfig {
 /// What the runtime must do about turns.
 #[derive(Debug)]
 pub enum TurnCommand {
-    Start { run: RunRef, agent_id: String, input: Box<beamclaw_crdt::Message> },
+    Start {
+        run: RunRef,
+        agent_id: String,
+        input: Box<beamclaw_crdt::Message>,
+    },
     /// Finish or checkpoint the running turn of `session` before `deadline`.
-    Drain { session: SessionKey, deadline: Instant },
-    Abort { session: SessionKey, run_id: Option<String>, reason: AbortReason },
+    Drain {
+        session: SessionKey,
+        deadline: Instant,
+    },
+    Abort {
+        session: SessionKey,
+        run_id: Option<String>,
+        reason: AbortReason,
+    },
 }
 
 pub(crate) enum CoreMsg {
     Input(Input),
-    Request { session: SessionKey, body: RequestBody, reply: oneshot::Sender<Result<Response, RequestError>> },
+    Request {
+        session: SessionKey,
+        body: RequestBody,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
     Status(oneshot::Sender<NodeStatus>),
-    CheckEpoch { session: SessionKey, term: u64, reply: oneshot::Sender<bool> },
+    CheckEpoch {
+        session: SessionKey,
+        term: u64,
+        reply: oneshot::Sender<bool>,
+    },
     Sessions(oneshot::Sender<Vec<(SessionKey, IndexEntry)>>),
-    Drain { deadline: Duration, reply: oneshot::Sender<(usize, usize)> },
+    Drain {
+        deadline: Duration,
+        reply: oneshot::Sender<(usize, usize)>,
+    },
 }
 
 /// The handle the node and the gateway use to talk to the mesh.
@@ -149,7 +171,11 @@ impl MeshHandle {
     }
 
     /// Sends a request to the session's owner (wherever it is) and waits for its answer.
-    pub async fn request(&self, session: SessionKey, body: RequestBody) -> Result<Response, RequestError> {
+    pub async fn request(
+        &self,
+        session: SessionKey,
+        body: RequestBody,
+    ) -> Result<Response, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(CoreMsg::Request { session, body, reply })
@@ -255,7 +281,8 @@ pub async fn start(
         seed[..8].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
         seed[8..16].copy_from_slice(&starts.to_le_bytes());
     }
-    let mut node_cfg = NodeConfig::new(cfg.key.node_id(), advertise, generation_for_start(starts), seed);
+    let mut node_cfg =
+        NodeConfig::new(cfg.key.node_id(), advertise, generation_for_start(starts), seed);
     node_cfg.seeds = cfg.seeds.clone();
     node_cfg.replication_factor = cfg.replication_factor;
     node_cfg.write_quorum = cfg.write_quorum;
@@ -342,7 +369,10 @@ impl CoreTask {
     async fn run(mut self) {
         let mut retry = tokio::time::interval(Duration::from_millis(STORE_RETRY_MS));
         loop {
-            let next = self.timers.peek().map(|Reverse((at, _, _))| self.clock + Duration::from_millis(*at));
+            let next = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _, _))| self.clock + Duration::from_millis(*at));
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.on_msg(msg),
@@ -418,11 +448,12 @@ impl CoreTask {
     fn submit(&mut self, batch: BatchId, writes: WriteBatch) -> Result<(), WriteBatch> {
         let tx = self.tx.clone();
         let kept = writes.clone();
-        let on_durable = Box::new(move |result: Result<beamclaw_crdt::store::CommitInfo, StoreError>| {
-            let result = result.map(|_| ()).map_err(|e| e.to_string());
-            // Runs on the store's writer thread (not a tokio thread): blocking is fine.
-            let _ = tx.blocking_send(CoreMsg::Input(Input::Persisted { batch, result }));
-        });
+        let on_durable =
+            Box::new(move |result: Result<beamclaw_crdt::store::CommitInfo, StoreError>| {
+                let result = result.map(|_| ()).map_err(|e| e.to_string());
+                // Runs on the store's writer thread (not a tokio thread): blocking is fine.
+                let _ = tx.blocking_send(CoreMsg::Input(Input::Persisted { batch, result }));
+            });
         match self.store.submit(writes, on_durable) {
             Ok(()) => Ok(()),
             Err(StoreError::Busy { .. }) => Err(kept),
@@ -437,7 +468,9 @@ impl CoreTask {
     fn execute(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::SendDatagram { to, node, bytes } => self.transport.send_datagram(to, node, bytes),
+                Effect::SendDatagram { to, node, bytes } => {
+                    self.transport.send_datagram(to, node, bytes)
+                }
                 Effect::SendFrame { to, addr, bytes } => self.transport.send_frame(to, addr, bytes),
                 Effect::SetTimer { at, timer } => {
                     self.timer_seq += 1;
@@ -451,7 +484,10 @@ impl CoreTask {
                         self.unsubmitted.push_back((batch, w));
                     }
                     if self.unsubmitted.len() > UNSUBMITTED_BATCHES_MAX {
-                        tracing::warn!(held = self.unsubmitted.len(), "store queue full; write batches held");
+                        tracing::warn!(
+                            held = self.unsubmitted.len(),
+                            "store queue full; write batches held"
+                        );
                     }
                 }
                 Effect::StartTurn { run, agent_id, input } => {

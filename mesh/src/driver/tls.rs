@@ -72,8 +72,10 @@ impl NodeKey {
 
     /// PKCS#8 v1 DER of the Ed25519 key (RFC 8410).
     fn pkcs8(&self) -> Vec<u8> {
-        const PREFIX: [u8; 16] =
-            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
         let mut der = PREFIX.to_vec();
         der.extend_from_slice(&self.secret);
         der
@@ -112,9 +114,10 @@ pub fn node_certificate(
         .map_err(|e| TlsError::Certificate(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, key.node_id().to_string());
-    params
-        .custom_extensions
-        .push(rcgen::CustomExtension::from_oid_content(SECRET_EXTENSION_OID, der_octet_string(&cluster.mac(&key.public))));
+    params.custom_extensions.push(rcgen::CustomExtension::from_oid_content(
+        SECRET_EXTENSION_OID,
+        der_octet_string(&cluster.mac(&key.public)),
+    ));
     let cert = params.self_signed(&kp).map_err(|e| TlsError::Certificate(e.to_string()))?;
     Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
 }
@@ -127,7 +130,8 @@ fn der_octet_string(bytes: &[u8; 32]) -> Vec<u8> {
 
 /// Reads a peer certificate: its Ed25519 key, if the cluster-secret MAC verifies.
 pub fn verify_peer_certificate(cert: &[u8], cluster: &ClusterKey) -> Result<NodeId, String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| format!("malformed certificate: {e}"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| format!("malformed certificate: {e}"))?;
     let spki = parsed.public_key();
     if spki.algorithm.algorithm.to_id_string() != "1.3.101.112" {
         return Err("certificate key is not Ed25519".into());
@@ -139,11 +143,9 @@ pub fn verify_peer_certificate(cert: &[u8], cluster: &ClusterKey) -> Result<Node
         .try_into()
         .map_err(|_| "Ed25519 key of the wrong length".to_string())?;
     let oid = SECRET_EXTENSION_OID.iter().map(u64::to_string).collect::<Vec<_>>().join(".");
-    let ext = parsed
-        .extensions()
-        .iter()
-        .find(|e| e.oid.to_id_string() == oid)
-        .ok_or("certificate carries no cluster-secret proof (not a BeamClaw node, or an old one)")?;
+    let ext = parsed.extensions().iter().find(|e| e.oid.to_id_string() == oid).ok_or(
+        "certificate carries no cluster-secret proof (not a BeamClaw node, or an old one)",
+    )?;
     let mac: &[u8] = match ext.value {
         [0x04, 32, rest @ ..] if rest.len() == 32 => rest,
         _ => return Err("malformed cluster-secret proof".into()),
@@ -184,8 +186,18 @@ struct PeerVerifier {
 }
 
 impl PeerVerifier {
-    fn tls13(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
@@ -202,10 +214,13 @@ impl ServerCertVerifier for PeerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let node = verify_peer_certificate(end_entity, &self.cluster).map_err(rustls::Error::General)?;
+        let node =
+            verify_peer_certificate(end_entity, &self.cluster).map_err(rustls::Error::General)?;
         let name = match server_name {
             ServerName::DnsName(d) => d.as_ref().to_string(),
-            _ => return Err(rustls::Error::General("mesh dials use DNS-style server names".into())),
+            _ => {
+                return Err(rustls::Error::General("mesh dials use DNS-style server names".into()));
+            }
         };
         if name != SEED_SERVER_NAME {
             let expected = node_from_server_name(&name)
@@ -221,11 +236,21 @@ impl ServerCertVerifier for PeerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _m: &[u8],
+        _c: &CertificateDer<'_>,
+        _d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::General("TLS 1.2 is not used between nodes".into()))
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.tls13(m, c, d)
     }
 
@@ -239,7 +264,12 @@ impl ClientCertVerifier for PeerVerifier {
         &[]
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _i: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _i: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         verify_peer_certificate(end_entity, &self.cluster).map_err(rustls::Error::General)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -248,11 +278,21 @@ impl ClientCertVerifier for PeerVerifier {
         true
     }
 
-    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        _m: &[u8],
+        _c: &CertificateDer<'_>,
+        _d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         Err(rustls::Error::General("TLS 1.2 is not used between nodes".into()))
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.tls13(m, c, d)
     }
 
@@ -262,7 +302,10 @@ impl ClientCertVerifier for PeerVerifier {
 }
 
 /// rustls configurations for both ends of mesh connections.
-pub fn configs(key: &NodeKey, cluster: &ClusterKey) -> Result<(rustls::ServerConfig, rustls::ClientConfig), TlsError> {
+pub fn configs(
+    key: &NodeKey,
+    cluster: &ClusterKey,
+) -> Result<(rustls::ServerConfig, rustls::ClientConfig), TlsError> {
     let (cert, private) = node_certificate(key, cluster)?;
     let verifier = Arc::new(PeerVerifier { cluster: cluster.clone(), provider: provider() });
     let err = |e: rustls::Error| TlsError::Config(e.to_string());
@@ -306,7 +349,11 @@ mod tests {
     #[test]
     fn garbage_certificates_are_refused_with_a_reason() {
         let cluster = ClusterKey::from_secret("x");
-        assert!(verify_peer_certificate(b"not a certificate", &cluster).unwrap_err().contains("malformed"));
+        assert!(
+            verify_peer_certificate(b"not a certificate", &cluster)
+                .unwrap_err()
+                .contains("malformed")
+        );
         assert!(verify_peer_certificate(&[], &cluster).is_err());
     }
 

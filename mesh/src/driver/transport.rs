@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::tls::{self, ClusterKey, SEED_SERVER_NAME};
 use super::CoreMsg;
+use super::tls::{self, ClusterKey, SEED_SERVER_NAME};
 use crate::core::wire::FRAME_BYTES_MAX;
 use crate::core::{Input, NodeId};
 
@@ -199,17 +199,18 @@ impl Transport {
             }
             return;
         }
-        if queued > PEER_QUEUE_BYTES_HIGH {
-            if let Target::Node(n) = target {
-                set_congested(&self.shared, n, true);
-            }
+        if queued > PEER_QUEUE_BYTES_HIGH
+            && let Target::Node(n) = target
+        {
+            set_congested(&self.shared, n, true);
         }
     }
 
     /// Closes every connection and waits (bounded) for the peers to be told.
     pub async fn close(&self) {
         self.shared.endpoint.close(0u32.into(), b"node stopping");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
     }
 }
 
@@ -281,7 +282,8 @@ fn adopt(shared: &Arc<Shared>, node: NodeId, conn: quinn::Connection, initiated_
                 if existing.initiated_by_me == preferred_mine {
                     Some(conn.clone())
                 } else {
-                    let old = conns.insert(node, Registered { conn: conn.clone(), initiated_by_me });
+                    let old =
+                        conns.insert(node, Registered { conn: conn.clone(), initiated_by_me });
                     old.map(|r| r.conn)
                 }
             }
@@ -316,7 +318,9 @@ async fn read_streams(shared: Arc<Shared>, node: NodeId, conn: quinn::Connection
                 Ok(bytes) => {
                     let _ = core.send(CoreMsg::Input(Input::Frame { from: node, bytes })).await;
                 }
-                Err(e) => tracing::debug!(peer = %node.short(), error = %e, "inbound frame dropped"),
+                Err(e) => {
+                    tracing::debug!(peer = %node.short(), error = %e, "inbound frame dropped")
+                }
             }
             drop(permit);
         });
@@ -338,7 +342,11 @@ async fn read_datagrams(shared: Arc<Shared>, conn: quinn::Connection) {
     }
 }
 
-async fn dial(shared: &Arc<Shared>, addr: SocketAddr, node: Option<NodeId>) -> Option<(NodeId, quinn::Connection)> {
+async fn dial(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    node: Option<NodeId>,
+) -> Option<(NodeId, quinn::Connection)> {
     let name = node.map_or_else(|| SEED_SERVER_NAME.to_string(), |n| tls::server_name_for(&n));
     let connecting = match shared.endpoint.connect_with(shared.client.clone(), addr, &name) {
         Ok(c) => c,
@@ -347,7 +355,8 @@ async fn dial(shared: &Arc<Shared>, addr: SocketAddr, node: Option<NodeId>) -> O
             return None;
         }
     };
-    let conn = match tokio::time::timeout(Duration::from_millis(DIAL_TIMEOUT_MS), connecting).await {
+    let conn = match tokio::time::timeout(Duration::from_millis(DIAL_TIMEOUT_MS), connecting).await
+    {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "mesh dial failed");
@@ -368,7 +377,10 @@ async fn dial(shared: &Arc<Shared>, addr: SocketAddr, node: Option<NodeId>) -> O
 }
 
 fn registered(shared: &Shared, node: &NodeId) -> Option<quinn::Connection> {
-    lock(&shared.conns).get(node).filter(|r| r.conn.close_reason().is_none()).map(|r| r.conn.clone())
+    lock(&shared.conns)
+        .get(node)
+        .filter(|r| r.conn.close_reason().is_none())
+        .map(|r| r.conn.clone())
 }
 
 async fn peer_task(
@@ -392,7 +404,10 @@ async fn peer_task(
             None => {
                 let a = *lock(&addr);
                 let dialled = match a {
-                    Some(a) => dial(&shared, a, learned.filter(|_| matches!(target, Target::Node(_)))).await,
+                    Some(a) => {
+                        dial(&shared, a, learned.filter(|_| matches!(target, Target::Node(_))))
+                            .await
+                    }
                     None => None,
                 };
                 match dialled {
@@ -402,7 +417,9 @@ async fn peer_task(
                         Some(conn)
                     }
                     None => {
-                        backoff_until = Some(tokio::time::Instant::now() + Duration::from_millis(DIAL_BACKOFF_MS));
+                        backoff_until = Some(
+                            tokio::time::Instant::now() + Duration::from_millis(DIAL_BACKOFF_MS),
+                        );
                         None
                     }
                 }
@@ -437,10 +454,11 @@ async fn peer_task(
                         shared.stats.frames_dropped_unreachable.fetch_add(1, Ordering::Relaxed);
                     }
                     let left = queued.fetch_sub(len, Ordering::AcqRel) - len;
-                    if let Some(n) = node {
-                        if left < PEER_QUEUE_BYTES_LOW && lock(&shared.congested).get(&n).copied().unwrap_or(false) {
-                            set_congested(&shared, n, false);
-                        }
+                    if let Some(n) = node
+                        && left < PEER_QUEUE_BYTES_LOW
+                        && lock(&shared.congested).get(&n).copied().unwrap_or(false)
+                    {
+                        set_congested(&shared, n, false);
                     }
                     drop(permit);
                 });

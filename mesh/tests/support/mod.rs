@@ -3,7 +3,7 @@
 //! The full simulator (simulations/) adds faults, invariants and many seeds; this is for quick,
 //! readable scenario tests of single behaviours.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -36,7 +36,11 @@ pub struct DiskState {
 pub struct MemDisk(pub Rc<RefCell<DiskState>>);
 
 impl Disk for MemDisk {
-    fn load_session(&self, key: &SessionKey, actor: &[u8]) -> Result<Option<SessionDoc>, DiskError> {
+    fn load_session(
+        &self,
+        key: &SessionKey,
+        actor: &[u8],
+    ) -> Result<Option<SessionDoc>, DiskError> {
         let state = self.0.borrow();
         match state.chunks.get(key) {
             None => Ok(None),
@@ -46,7 +50,11 @@ impl Disk for MemDisk {
         }
     }
 
-    fn index_page(&self, after: Option<&SessionKey>, limit: usize) -> Result<Vec<(SessionKey, IndexEntry)>, DiskError> {
+    fn index_page(
+        &self,
+        after: Option<&SessionKey>,
+        limit: usize,
+    ) -> Result<Vec<(SessionKey, IndexEntry)>, DiskError> {
         let state = self.0.borrow();
         Ok(state
             .index
@@ -67,7 +75,9 @@ impl MemDisk {
         let mut s = self.0.borrow_mut();
         for op in batch.ops {
             match op {
-                WriteOp::AppendChunks { key, chunks } => s.chunks.entry(key).or_default().extend(chunks),
+                WriteOp::AppendChunks { key, chunks } => {
+                    s.chunks.entry(key).or_default().extend(chunks)
+                }
                 WriteOp::PutIndex { key, entry } => {
                     s.index.insert(key, *entry);
                 }
@@ -159,7 +169,8 @@ impl Harness {
             d.starts
         };
         self.instance[i] += 1;
-        let mut cfg = NodeConfig::new(self.ids[i], addr(i), generation_for_start(starts), [i as u8; 32]);
+        let mut cfg =
+            NodeConfig::new(self.ids[i], addr(i), generation_for_start(starts), [i as u8; 32]);
         if i > 0 {
             cfg.seeds = vec![addr(0)];
         }
@@ -268,16 +279,28 @@ impl Harness {
                     if self.instance[i] != inst {
                         continue;
                     }
-                    let current = self.nodes[i].as_ref().is_some_and(|n| n.check_epoch(&run.session, run.epoch));
+                    let current = self.nodes[i]
+                        .as_ref()
+                        .is_some_and(|n| n.check_epoch(&run.session, run.epoch));
                     if !current {
                         continue;
                     }
                     self.side_effects.push((i, run.clone()));
-                    let mut reply = Message::text(format!("r:{}", input.id), Role::Assistant, format!("echo {}", input.text_content()), 0);
+                    let mut reply = Message::text(
+                        format!("r:{}", input.id),
+                        Role::Assistant,
+                        format!("echo {}", input.text_content()),
+                        0,
+                    );
                     reply.reply_to = vec![input.id.clone()];
                     reply.run_id = Some(run.run_id.clone());
                     reply.stop_reason = Some(StopReason::Stop);
-                    let out = TurnInput::Output { run, messages: vec![reply], usage: Usage { input: 1, output: 1, ..Default::default() }, done: true };
+                    let out = TurnInput::Output {
+                        run,
+                        messages: vec![reply],
+                        usage: Usage { input: 1, output: 1, ..Default::default() },
+                        done: true,
+                    };
                     self.feed(i, Input::Turn(out));
                 }
             }
@@ -301,7 +324,7 @@ impl Harness {
     pub fn submit(&mut self, i: usize, session: &SessionKey, text: &str, idem: &str) -> u64 {
         let body = RequestBody::Submit {
             agent_id: "main".into(),
-            message: Message::user_text("", text, 0),
+            message: Box::new(Message::user_text("", text, 0)),
             idempotency_key: idem.into(),
         };
         self.request(i, session, body)
