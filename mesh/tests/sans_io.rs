@@ -1,6 +1,7 @@
 //! The mesh core is sans-IO: no tokio, clock, sockets, threads or OS entropy in
-#![allow(clippy::unwrap_used)]
 //! `mesh/src/core/`, nor in the crates it uses. This test fails the build when that slips.
+
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
