@@ -15,8 +15,8 @@ pub use beamclaw_crdt::store::{WriteBatch, WriteOp};
 
 use super::ids::NodeId;
 
-/// Sessions read per page when loading the index at start.
-pub const INDEX_PAGE_SESSIONS_MAX: usize = 4096;
+/// Sessions read per page when loading the index at start (the store's page limit).
+pub const INDEX_PAGE_SESSIONS_MAX: usize = beamclaw_crdt::store::LIST_PAGE_SESSIONS_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiskError {
