@@ -366,6 +366,32 @@ fn load_without_a_manifest_is_an_error() {
 }
 
 #[test]
+fn load_refuses_the_chunks_of_another_session() {
+    let mut doc = new_doc();
+    let chunks = doc.take_chunks();
+    let err =
+        SessionDoc::load(&key("agent:main:other"), &writer_actor("n", 2), chunks).unwrap_err();
+    // The manifest's genesis is derived from the key: another key's chunks bring a second one.
+    assert!(matches!(err, DocError::MalformedPart { .. }), "{err}");
+    assert!(err.to_string().contains("2 genesis changes"), "{err}");
+}
+
+#[test]
+fn a_chunk_of_another_segment_is_refused() {
+    let mut doc = new_doc();
+    doc.append(&user("m0", "x")).unwrap();
+    let mut chunks = doc.take_chunks();
+    for chunk in &mut chunks {
+        if let beamclaw_crdt::PartId::Segment { index, .. } = &mut chunk.part {
+            *index = 7;
+        }
+    }
+    let err = SessionDoc::load(doc.key(), &writer_actor("n", 2), chunks).unwrap_err();
+    assert!(err.to_string().contains("segment s1#7"), "{err}");
+    assert!(err.to_string().contains("2 genesis changes"), "{err}");
+}
+
+#[test]
 fn writer_actor_length_is_checked() {
     let err = SessionDoc::create(key("agent:main:x"), "main", "s", &[1, 2, 3], 0).unwrap_err();
     assert!(matches!(err, DocError::ActorLength { len: 3 }));

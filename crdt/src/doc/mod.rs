@@ -230,26 +230,29 @@ impl SessionDoc {
     ) -> Result<SessionDoc, DocError> {
         let actor = part::writer_actor_id(actor)?;
         let mut manifest = Part::genesis(key, &PartId::Manifest, &actor)?;
-        let mut parts: BTreeMap<(String, u32), Part> = BTreeMap::new();
+        let mut manifest_changes = Vec::new();
+        let mut parts: BTreeMap<(String, u32), (Part, Vec<automerge::Change>)> = BTreeMap::new();
         for chunk in chunks {
             check_part_id(&chunk.part)?;
-            let part = match &chunk.part {
-                PartId::Manifest => &mut manifest,
+            let (part, changes) = match &chunk.part {
+                PartId::Manifest => (&mut manifest, &mut manifest_changes),
                 PartId::Segment { session_id, index } => {
                     let slot = (session_id.clone(), *index);
                     if !parts.contains_key(&slot) && parts.len() + 1 >= PARTS_MAX {
                         return Err(DocError::TooManyParts { count: parts.len() + 2 });
                     }
-                    match parts.entry(slot) {
+                    let (part, changes) = match parts.entry(slot) {
                         btree_map::Entry::Occupied(e) => e.into_mut(),
                         btree_map::Entry::Vacant(e) => {
-                            e.insert(Part::genesis(key, &chunk.part, &actor)?)
+                            e.insert((Part::genesis(key, &chunk.part, &actor)?, Vec::new()))
                         }
-                    }
+                    };
+                    (part, changes)
                 }
             };
-            part.apply(&chunk.part, &chunk.bytes)?;
+            part.ingest(&chunk.part, &chunk.bytes, changes)?;
         }
+        manifest.apply_changes(&PartId::Manifest, manifest_changes)?;
         manifest.mark_saved();
         let session_id = meta::session_ids(&manifest)?
             .into_iter()
@@ -259,8 +262,9 @@ impl SessionDoc {
             tracing::warn!(session = %key, part = %PartId::Manifest, "loaded with missing changes");
         }
         let mut transcripts: BTreeMap<String, Segments> = BTreeMap::new();
-        for ((sid, index), mut part) in parts {
+        for ((sid, index), (mut part, changes)) in parts {
             let id = part_id(&sid, index);
+            part.apply_changes(&id, changes)?;
             part.mark_saved();
             if part.waiting_for_dependencies() {
                 tracing::warn!(session = %key, part = %id, "loaded with missing changes");
@@ -310,9 +314,17 @@ impl SessionDoc {
 
     /// Turns an [`Self::empty`] placeholder into a new session (the owner found nothing of it
     /// anywhere). Refuses an initialized document.
-    pub fn initialize(&mut self, agent_id: &str, session_id: &str, now_ms: i64) -> Result<(), DocError> {
+    pub fn initialize(
+        &mut self,
+        agent_id: &str,
+        session_id: &str,
+        now_ms: i64,
+    ) -> Result<(), DocError> {
         if self.is_initialized() {
-            return Err(DocError::SessionId { id: session_id.to_owned(), reason: "the session already exists" });
+            return Err(DocError::SessionId {
+                id: session_id.to_owned(),
+                reason: "the session already exists",
+            });
         }
         if agent_id.is_empty() || agent_id.len() > AGENT_ID_BYTES_MAX {
             return Err(DocError::AgentId { id: agent_id.to_owned() });
@@ -720,8 +732,12 @@ impl SessionDoc {
         }
     }
 
-    /// Brings the in-memory view up to date after part `id` changed under us.
-    fn part_changed(&mut self, id: &PartId) -> Result<(), DocError> {
+    /// Brings the in-memory view up to date after part `id` changed under us from heads `before`.
+    fn part_changed(
+        &mut self,
+        id: &PartId,
+        before: &[automerge::ChangeHash],
+    ) -> Result<(), DocError> {
         match id {
             PartId::Manifest => {
                 let current = meta::session_ids(&self.manifest)?.into_iter().next();
@@ -744,7 +760,7 @@ impl SessionDoc {
                 else {
                     return Ok(());
                 };
-                let refresh = segment.refresh(id)?;
+                let refresh = segment.refresh_since(id, before)?;
                 if *session_id != self.session_id {
                     return Ok(());
                 }
@@ -774,10 +790,11 @@ impl SessionDoc {
     /// created on the fly; changes whose dependencies are missing wait inside Automerge.
     pub fn apply_chunk(&mut self, chunk: &Chunk) -> Result<ApplyOutcome, DocError> {
         let part = self.part_or_create(&chunk.part)?;
+        let before = part.heads();
         let changed = part.apply(&chunk.part, &chunk.bytes)?;
         let waiting_for_dependencies = part.waiting_for_dependencies();
         if changed {
-            self.part_changed(&chunk.part)?;
+            self.part_changed(&chunk.part, &before)?;
         }
         Ok(ApplyOutcome { changed, waiting_for_dependencies })
     }
@@ -911,7 +928,7 @@ impl SessionDoc {
                 waiting_for_dependencies: part.waiting_for_dependencies(),
             });
             if changed {
-                self.part_changed(id)?;
+                self.part_changed(id, &before)?;
             }
         }
         result.map(|()| outcome)

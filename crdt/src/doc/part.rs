@@ -11,7 +11,7 @@ use super::{FORMAT_VERSION, GENESIS_ACTOR_BYTES, WRITER_ACTOR_BYTES_MAX, WRITER_
 use crate::types::{PartId, SessionKey};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
-    ActorId, AutoCommit, Change, ChangeHash, LoadOptions, ObjType, OnPartialLoad, ROOT,
+    ActorId, AutoCommit, Change, ChangeHash, LoadOptions, ObjType, OnPartialLoad, ROOT, ReadDoc,
     ScalarValue, VerificationMode,
 };
 
@@ -164,21 +164,35 @@ impl Part {
 
     /// Applies Automerge bytes (a `save()` or incremental changes). Returns whether the document
     /// changed; changes whose dependencies are missing are queued by Automerge.
+    pub(crate) fn apply(&mut self, part: &PartId, bytes: &[u8]) -> Result<bool, DocError> {
+        let before = self.doc.get_heads();
+        let mut changes = Vec::new();
+        self.ingest(part, bytes, &mut changes)?;
+        self.apply_changes(part, changes)?;
+        Ok(self.doc.get_heads() != before)
+    }
+
+    /// Parses Automerge bytes: whole documents are taken in at once, changes are added to
+    /// `changes` for one `apply_changes` later (Automerge's cost per call is high, so a load
+    /// applies each part's changes in one batch).
     ///
     /// Stricter than Automerge's `load_incremental`, which skips a chunk that fails to parse or
     /// to match its checksum and loads the rest: here any such chunk is an error naming the part,
     /// so a truncated or bit-flipped chunk on disk is never silently half-loaded.
-    pub(crate) fn apply(&mut self, part: &PartId, bytes: &[u8]) -> Result<bool, DocError> {
+    pub(crate) fn ingest(
+        &mut self,
+        part: &PartId,
+        bytes: &[u8],
+        changes: &mut Vec<Change>,
+    ) -> Result<(), DocError> {
         let decode = |reason: String| DocError::ChunkDecode { part: part.clone(), reason };
-        let before = self.doc.get_heads();
-        let mut changes = Vec::new();
         let mut rest = bytes;
         while !rest.is_empty() {
             let (kind, piece, after) = split_chunk(rest).map_err(|r| decode(r.to_owned()))?;
             rest = after;
             match kind {
                 CHUNK_TYPE_DOCUMENT => {
-                    self.apply_changes(part, std::mem::take(&mut changes))?;
+                    self.apply_changes(part, std::mem::take(changes))?;
                     let options = LoadOptions::new()
                         .on_partial_load(OnPartialLoad::Error)
                         .verification_mode(VerificationMode::Check);
@@ -190,9 +204,8 @@ impl Part {
                     let change = Change::try_from(piece).map_err(|e| decode(e.to_string()))?;
                     // The checksum is the first bytes of the change hash; Automerge's incremental
                     // loader does not report a mismatch, so check it here.
-                    if change.hash().0[..CHECKSUM_BYTES]
-                        != piece[MAGIC_BYTES.len()..][..CHECKSUM_BYTES]
-                    {
+                    let stored = &piece[MAGIC_BYTES.len()..][..CHECKSUM_BYTES];
+                    if change.hash().0[..CHECKSUM_BYTES] != *stored {
                         return Err(decode("checksum mismatch".into()));
                     }
                     changes.push(change);
@@ -200,11 +213,14 @@ impl Part {
                 other => return Err(decode(format!("unexpected chunk type {other}"))),
             }
         }
-        self.apply_changes(part, changes)?;
-        Ok(self.doc.get_heads() != before)
+        Ok(())
     }
 
-    fn apply_changes(&mut self, part: &PartId, changes: Vec<Change>) -> Result<(), DocError> {
+    pub(crate) fn apply_changes(
+        &mut self,
+        part: &PartId,
+        changes: Vec<Change>,
+    ) -> Result<(), DocError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -253,6 +269,31 @@ impl Part {
     /// Marks the current state as already persisted (after a load from chunks).
     pub(crate) fn mark_saved(&mut self) {
         self.saved_heads = self.doc.get_heads();
+    }
+}
+
+/// The root object `key` of a part, which its genesis created. More than one value means the
+/// part holds two genesis changes: chunks of another part or session were applied to it.
+pub(crate) fn genesis_object(
+    doc: &AutoCommit,
+    id: &PartId,
+    key: &str,
+    ty: ObjType,
+) -> Result<automerge::ObjId, DocError> {
+    let values = doc.get_all(ROOT, key).map_err(DocError::automerge(id))?;
+    match values.as_slice() {
+        [(automerge::Value::Object(found), obj)] if *found == ty => Ok(obj.clone()),
+        [] | [_] => Err(DocError::MalformedPart {
+            part: id.clone(),
+            reason: format!("no {key} {ty:?} at the root"),
+        }),
+        _ => Err(DocError::MalformedPart {
+            part: id.clone(),
+            reason: format!(
+                "{} genesis changes: it was given chunks of another part or session",
+                values.len()
+            ),
+        }),
     }
 }
 

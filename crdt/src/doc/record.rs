@@ -213,13 +213,13 @@ impl<'a> Encoded<'a> {
         }
     }
 
-    /// Inserts the message as a new map element at `pos` of `list`.
+    /// Inserts the message as a new map element at `pos` of `list`; returns the element.
     pub(crate) fn insert(
         &self,
         doc: &mut AutoCommit,
         list: &ObjId,
         pos: usize,
-    ) -> Result<(), AutomergeError> {
+    ) -> Result<ObjId, AutomergeError> {
         let m = self.message;
         let obj = doc.insert_object(list, pos, ObjType::Map)?;
         doc.put(&obj, KEY_ID, encode_id(&m.id))?;
@@ -235,7 +235,7 @@ impl<'a> Encoded<'a> {
         if let Some(reply_to) = &self.reply_to {
             doc.put(&obj, KEY_REPLY_TO, reply_to.as_str())?;
         }
-        Ok(())
+        Ok(obj)
     }
 
     /// Overwrites the element `obj` with this message: every key, in a fixed order.

@@ -1,12 +1,19 @@
 //! A segment: one part holding a run of messages of one transcript, plus the in-memory index view
 //! of its list (one slot per list element, in list order).
+//!
+//! Reading an element out of Automerge costs tens of microseconds, so the view is read whole only
+//! when a segment is loaded. After that, local writes update it directly, and remote changes are
+//! inspected op by op: elements they append are read, elements they overwrite are re-read, and
+//! only changes that insert before or delete existing elements make it re-read everything.
 
 use super::error::DocError;
-use super::part::{KEY_MESSAGES, Part};
+use super::part::{KEY_MESSAGES, Part, genesis_object};
 use super::record::{Encoded, Entry, message_from_map};
 use crate::message::Message;
 use crate::types::PartId;
-use automerge::{ObjId, ObjType, ROOT, ReadDoc, Value, hydrate};
+use automerge::legacy::{ObjectId, OpId, OpType};
+use automerge::{ActorId, ChangeHash, ObjId, ObjType, ReadDoc, hydrate};
+use std::collections::HashSet;
 
 /// How the index view of a segment changed after remote changes were applied.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,23 +30,21 @@ pub(crate) struct Segment {
     list: ObjId,
     /// One slot per list element; `None` for an element that is not a well-formed message.
     pub(crate) slots: Vec<Option<Entry>>,
+    /// The Automerge object of each list element, parallel to `slots`.
+    objs: Vec<ObjId>,
     /// Sum of the stored bytes of the slots.
     pub(crate) bytes: usize,
 }
 
+fn same_object(exid: &ObjId, ctr: u64, actor: &ActorId) -> bool {
+    matches!(exid, ObjId::Id(c, a, _) if *c == ctr && a == actor)
+}
+
 impl Segment {
     pub(crate) fn new(part: Part, id: &PartId) -> Result<Segment, DocError> {
-        let list = match part.doc.get(ROOT, KEY_MESSAGES).map_err(DocError::automerge(id))? {
-            Some((Value::Object(ObjType::List), list)) => list,
-            _ => {
-                return Err(DocError::MalformedPart {
-                    part: id.clone(),
-                    reason: "no messages list at the root".into(),
-                });
-            }
-        };
-        let mut segment = Segment { part, list, slots: Vec::new(), bytes: 0 };
-        segment.refresh(id)?;
+        let list = genesis_object(&part.doc, id, KEY_MESSAGES, ObjType::List)?;
+        let mut segment = Segment { part, list, slots: Vec::new(), objs: Vec::new(), bytes: 0 };
+        segment.read_all(id)?;
         Ok(segment)
     }
 
@@ -47,8 +52,25 @@ impl Segment {
         self.slots.len()
     }
 
-    /// Re-reads the index view from the document (after remote changes).
-    pub(crate) fn refresh(&mut self, id: &PartId) -> Result<Refresh, DocError> {
+    /// Reads the element `obj` into its index view; `None` (logged) when it is malformed.
+    fn read_entry(&self, id: &PartId, pos: usize, obj: &ObjId) -> Result<Option<Entry>, DocError> {
+        let hydrated = self.part.doc.hydrate(obj, None).map_err(DocError::automerge(id))?;
+        let entry = match &hydrated {
+            hydrate::Value::Map(map) => Entry::from_map(map),
+            _ => Err("element is not a map".to_owned()),
+        };
+        Ok(entry
+            .map_err(
+                |reason| tracing::warn!(part = %id, pos, %reason, "skipping malformed message"),
+            )
+            .ok())
+    }
+
+    /// Reads the whole index view from the document.
+    fn read_all(&mut self, id: &PartId) -> Result<(), DocError> {
+        genesis_object(&self.part.doc, id, KEY_MESSAGES, ObjType::List)?;
+        let objs: Vec<ObjId> =
+            self.part.doc.list_range(&self.list, ..).map(|item| item.id()).collect();
         let hydrated = self.part.doc.hydrate(&self.list, None).map_err(DocError::automerge(id))?;
         let hydrate::Value::List(list) = hydrated else {
             return Err(DocError::MalformedPart {
@@ -70,26 +92,141 @@ impl Segment {
                 }
             }
         }
-        let refresh = if slots.len() >= self.slots.len() && slots[..self.slots.len()] == self.slots
-        {
-            Refresh::Appended { from: self.slots.len() }
-        } else {
-            Refresh::Rewritten
-        };
+        if objs.len() != slots.len() {
+            return Err(DocError::MalformedPart {
+                part: id.clone(),
+                reason: format!("{} list elements but {} values", objs.len(), slots.len()),
+            });
+        }
         self.bytes = slots.iter().flatten().map(|e| e.bytes as usize).sum();
         self.slots = slots;
-        Ok(refresh)
+        self.objs = objs;
+        Ok(())
+    }
+
+    /// Brings the index view up to date after remote changes moved the heads from `before`.
+    pub(crate) fn refresh_since(
+        &mut self,
+        id: &PartId,
+        before: &[ChangeHash],
+    ) -> Result<Refresh, DocError> {
+        match self.inspect_changes(id, before)? {
+            Some(refresh) => {
+                #[cfg(debug_assertions)]
+                self.assert_view_is_current(id)?;
+                Ok(refresh)
+            }
+            None => {
+                tracing::debug!(part = %id, "re-reading the segment after remote changes");
+                let old = std::mem::take(&mut self.slots);
+                self.read_all(id)?;
+                Ok(if self.slots.len() >= old.len() && self.slots[..old.len()] == old[..] {
+                    Refresh::Appended { from: old.len() }
+                } else {
+                    Refresh::Rewritten
+                })
+            }
+        }
+    }
+
+    /// The cheap path of `refresh_since`: when the new changes only append elements at the end
+    /// and write fields of elements, reads just those. `None` when everything must be re-read.
+    fn inspect_changes(
+        &mut self,
+        id: &PartId,
+        before: &[ChangeHash],
+    ) -> Result<Option<Refresh>, DocError> {
+        let ObjId::Id(list_ctr, list_actor, _) = &self.list else {
+            return Ok(None);
+        };
+        let mut inserted: HashSet<(u64, ActorId)> = HashSet::new();
+        let mut written: HashSet<(u64, ActorId)> = HashSet::new();
+        for change in self.part.doc.get_changes(before) {
+            let change = change.decode();
+            for (offset, op) in change.operations.iter().enumerate() {
+                let ObjectId::Id(OpId(ctr, actor)) = &op.obj else {
+                    return Ok(None); // a root key changed
+                };
+                if ctr == list_ctr && actor == list_actor {
+                    if !op.insert || !matches!(op.action, OpType::Make(ObjType::Map)) {
+                        return Ok(None); // a delete or overwrite of a list element
+                    }
+                    inserted
+                        .insert((change.start_op.get() + offset as u64, change.actor_id.clone()));
+                } else {
+                    written.insert((*ctr, actor.clone()));
+                }
+            }
+        }
+        let old_len = self.slots.len();
+        let new_len = self.part.doc.length(&self.list);
+        if new_len != old_len + inserted.len() {
+            return Ok(None);
+        }
+        let mut new_objs = Vec::with_capacity(inserted.len());
+        for item in self.part.doc.list_range(&self.list, old_len..) {
+            let obj = item.id();
+            match &obj {
+                ObjId::Id(ctr, actor, _) if inserted.contains(&(*ctr, actor.clone())) => {}
+                _ => return Ok(None), // something was inserted before an old element
+            }
+            new_objs.push(obj);
+        }
+        let mut rewritten = Vec::new();
+        for (ctr, actor) in written.difference(&inserted) {
+            match self.objs.iter().rposition(|obj| same_object(obj, *ctr, actor)) {
+                Some(pos) => rewritten.push(pos),
+                None => return Ok(None),
+            }
+        }
+        for pos in &rewritten {
+            let entry = self.read_entry(id, *pos, &self.objs[*pos])?;
+            self.set_slot(*pos, entry);
+        }
+        for (offset, obj) in new_objs.into_iter().enumerate() {
+            let entry = self.read_entry(id, old_len + offset, &obj)?;
+            self.bytes += entry.as_ref().map_or(0, |e| e.bytes as usize);
+            self.slots.push(entry);
+            self.objs.push(obj);
+        }
+        Ok(Some(if rewritten.is_empty() {
+            Refresh::Appended { from: old_len }
+        } else {
+            Refresh::Rewritten
+        }))
+    }
+
+    /// Debug builds check the cheap path against a full read after every remote change.
+    #[cfg(debug_assertions)]
+    fn assert_view_is_current(&mut self, id: &PartId) -> Result<(), DocError> {
+        let (slots, objs, bytes) = (self.slots.clone(), self.objs.clone(), self.bytes);
+        self.read_all(id)?;
+        assert_eq!(slots, self.slots, "{id}: incremental view differs from a full read");
+        assert_eq!(objs, self.objs, "{id}: incremental objects differ from a full read");
+        assert_eq!(bytes, self.bytes, "{id}: incremental bytes differ from a full read");
+        Ok(())
+    }
+
+    fn set_slot(&mut self, pos: usize, entry: Option<Entry>) {
+        let Some(slot) = self.slots.get_mut(pos) else {
+            return;
+        };
+        self.bytes -= slot.as_ref().map_or(0, |e| e.bytes as usize);
+        self.bytes += entry.as_ref().map_or(0, |e| e.bytes as usize);
+        *slot = entry;
     }
 
     /// Appends a message at the end of the list (one Automerge change).
     pub(crate) fn append(&mut self, id: &PartId, encoded: &Encoded<'_>) -> Result<(), DocError> {
         let pos = self.slots.len();
         let list = &self.list;
-        self.part
+        let obj = self
+            .part
             .transact(|doc| encoded.insert(doc, list, pos).map_err(DocError::automerge(id)))?;
         let entry = encoded.entry();
         self.bytes += entry.bytes as usize;
         self.slots.push(Some(entry));
+        self.objs.push(obj);
         Ok(())
     }
 
@@ -100,33 +237,21 @@ impl Segment {
         pos: usize,
         encoded: &Encoded<'_>,
     ) -> Result<(), DocError> {
-        let obj = self.element(id, pos)?;
+        let obj = self.objs.get(pos).cloned().ok_or_else(|| DocError::MalformedPart {
+            part: id.clone(),
+            reason: format!("no element {pos} in messages"),
+        })?;
         self.part.transact(|doc| encoded.overwrite(doc, &obj).map_err(DocError::automerge(id)))?;
-        let entry = encoded.entry();
-        if let Some(Some(old)) = self.slots.get(pos) {
-            self.bytes -= old.bytes as usize;
-        }
-        self.bytes += entry.bytes as usize;
-        if let Some(slot) = self.slots.get_mut(pos) {
-            *slot = Some(entry);
-        }
+        self.set_slot(pos, Some(encoded.entry()));
         Ok(())
-    }
-
-    fn element(&self, id: &PartId, pos: usize) -> Result<ObjId, DocError> {
-        match self.part.doc.get(&self.list, pos).map_err(DocError::automerge(id))? {
-            Some((Value::Object(ObjType::Map), obj)) => Ok(obj),
-            _ => Err(DocError::MalformedPart {
-                part: id.clone(),
-                reason: format!("element {pos} of messages is not a map"),
-            }),
-        }
     }
 
     /// Reads the whole message at `pos`; `Ok(None)` when the element is malformed (logged).
     pub(crate) fn read(&self, id: &PartId, pos: usize) -> Result<Option<Message>, DocError> {
-        let obj = self.element(id, pos)?;
-        let hydrated = self.part.doc.hydrate(&obj, None).map_err(DocError::automerge(id))?;
+        let Some(obj) = self.objs.get(pos) else {
+            return Ok(None);
+        };
+        let hydrated = self.part.doc.hydrate(obj, None).map_err(DocError::automerge(id))?;
         let hydrate::Value::Map(map) = hydrated else {
             return Ok(None);
         };
