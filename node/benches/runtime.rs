@@ -5,7 +5,8 @@
 //! 2. Time to first token added by the runtime: submit -> first `AssistantDelta` event, compared
 //!    with a bare HTTP client's request -> first text delta on the same mock, one at a time.
 //!
-//! Run: `cargo bench -p beamclaw --bench runtime` (figures in docs/benchmarks.md).
+//! Run: `cargo bench -p beamclaw --bench runtime [-- throughput|ttft]` (figures in
+//! docs/benchmarks.md).
 
 use anyhow::Context;
 use beamclaw::agent::{MemorySessions, RuntimePorts, StartTurn, TurnEvents};
@@ -132,6 +133,19 @@ impl Bench {
     }
 }
 
+/// CPU time (user + system) this process used so far, from /proc/self/stat (Linux; clock ticks
+/// of 10 ms). On a shared machine, CPU per turn is a steadier figure than wall-clock turns/s.
+fn process_cpu() -> anyhow::Result<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let after_name = stat.rsplit_once(')').context("unexpected /proc/self/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // After the name: state is field 3 of the file, utime field 14, stime field 15.
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(Duration::from_millis((utime + stime) * 1000 / TICKS_PER_SECOND))
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -141,20 +155,24 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-async fn throughput(bench: Arc<Bench>) -> anyhow::Result<()> {
-    let warm = SessionKey::new("agent:main:warmup")?;
-    for n in 0..WARMUP_TURNS {
-        assert!(bench.turn(&warm, n).await?.2);
-    }
+/// Runs SESSIONS x TURNS_PER_SESSION turns, SESSIONS at once. `conversation`: each driver keeps
+/// one session, so requests carry a growing history (up to 2 x TURNS_PER_SESSION messages);
+/// otherwise every turn is the first of a new session (history: one message).
+async fn throughput(bench: Arc<Bench>, conversation: bool) -> anyhow::Result<()> {
     let started = Instant::now();
+    let cpu_before = process_cpu()?;
     let mut tasks = Vec::new();
     for s in 0..SESSIONS {
         let bench = bench.clone();
         tasks.push(tokio::spawn(async move {
-            let session = SessionKey::new(format!("agent:main:bench-{s}"))?;
             let mut ok = 0;
             for n in 0..TURNS_PER_SESSION {
-                ok += usize::from(bench.turn(&session, n).await?.2);
+                let name = if conversation {
+                    format!("agent:main:conversation-{s}")
+                } else {
+                    format!("agent:main:fresh-{s}-{n}")
+                };
+                ok += usize::from(bench.turn(&SessionKey::new(name)?, n).await?.2);
             }
             anyhow::Ok(ok)
         }));
@@ -164,13 +182,32 @@ async fn throughput(bench: Arc<Bench>) -> anyhow::Result<()> {
         ok += t.await??;
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu()? - cpu_before;
     let total = SESSIONS * TURNS_PER_SESSION;
     assert_eq!(ok, total, "every turn must end with a final message");
+    let shape = if conversation {
+        format!("{SESSIONS} sessions x {TURNS_PER_SESSION} turns, growing history")
+    } else {
+        format!("{total} new sessions, {SESSIONS} at once")
+    };
+    let cpu_per_turn = cpu / total as u32;
     println!(
-        "throughput: {total} turns ({SESSIONS} sessions x {TURNS_PER_SESSION}) in {:.2} s = {:.0} turns/s",
+        "throughput ({shape}): {total} turns in {:.2} s = {:.0} turns/s; cpu {:.2} s = {:.0} us \
+         per turn (runtime, mock and both HTTP ends), so 2 fully used cores run {:.0} turns/s",
         elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64()
+        total as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64(),
+        us(cpu_per_turn),
+        2.0 / cpu_per_turn.as_secs_f64()
     );
+    Ok(())
+}
+
+async fn warm_up(bench: &Bench) -> anyhow::Result<()> {
+    for n in 0..WARMUP_TURNS {
+        let session = SessionKey::new(format!("agent:main:warmup-{n}"))?;
+        assert!(bench.turn(&session, n).await?.2);
+    }
     Ok(())
 }
 
@@ -243,9 +280,21 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let only = |part: &str| {
+        let named: Vec<String> =
+            std::env::args().filter(|a| a == "throughput" || a == "ttft").collect();
+        named.is_empty() || named.iter().any(|a| a == part)
+    };
     rt.block_on(async {
         let bench = Arc::new(Bench::new().await?);
-        throughput(bench.clone()).await?;
-        added_ttft(bench).await
+        warm_up(&bench).await?;
+        if only("throughput") {
+            throughput(bench.clone(), false).await?;
+            throughput(bench.clone(), true).await?;
+        }
+        if only("ttft") {
+            added_ttft(bench).await?;
+        }
+        Ok(())
     })
 }
