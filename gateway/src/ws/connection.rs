@@ -181,10 +181,16 @@ pub(crate) async fn run<S, T>(
         limits.requests_burst,
         std::time::Instant::now(),
     );
+    let mut writer_done = false;
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
-            _ = &mut writer => break,
+            _ = &mut writer => {
+                // The server closed the connection (shutdown, overflow, revocation) or the
+                // socket failed under the writer.
+                writer_done = true;
+                break;
+            }
         };
         match message {
             Some(Ok(Message::Text(text))) => {
@@ -230,12 +236,15 @@ pub(crate) async fn run<S, T>(
     if connection.in_presence() {
         shared.presence_changed();
     }
-    connection.outbound.close(1000, "");
-    finish(&connection.outbound, &mut writer).await;
+    if !writer_done {
+        finish(&connection.outbound, &mut writer).await;
+    }
     tracing::info!(conn = %connection.conn_id, "connection closed");
     drop(slot);
 }
 
+/// Closes the queue (1000 unless a close is already queued) and gives the writer time to send
+/// what is queued. `writer` must not have completed yet.
 async fn finish(outbound: &Outbound, writer: &mut tokio::task::JoinHandle<()>) {
     outbound.close(1000, "");
     if tokio::time::timeout(Duration::from_millis(WRITER_DRAIN_TIMEOUT_MS), &mut *writer)

@@ -25,6 +25,39 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use fake::{Fake, FakeService};
 
 pub const TOKEN: &str = "test-token-0123456789";
+
+/// Panics seen by the process, with the thread they happened on. Gateway tasks of a
+/// `#[tokio::test]` run on the test's own thread, so a test can tell that the server it started
+/// panicked (tokio would otherwise swallow a panicking connection task).
+static PANICS: std::sync::Mutex<Vec<(std::thread::ThreadId, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((std::thread::current().id(), info.to_string()));
+            previous(info);
+        }));
+    });
+}
+
+/// Fails if anything panicked on this thread since the gateway started.
+pub fn assert_no_panics() {
+    let me = std::thread::current().id();
+    let panics: Vec<String> = PANICS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .filter(|(thread, _)| *thread == me)
+        .map(|(_, message)| message.clone())
+        .collect();
+    assert!(panics.is_empty(), "the gateway panicked: {panics:?}");
+}
 /// How long a test waits for any one frame before failing.
 pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 
@@ -42,7 +75,7 @@ impl Gateway {
         format!("ws://{}", self.addr)
     }
 
-    /// Stops the gateway and waits for it.
+    /// Stops the gateway, waits for it, and checks that nothing panicked along the way.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -50,6 +83,9 @@ impl Gateway {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        // Connection tasks finish their cleanup after the server returns.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_no_panics();
     }
 }
 
@@ -71,6 +107,7 @@ pub fn config() -> GatewayConfig {
 }
 
 pub async fn start(config: GatewayConfig) -> Gateway {
+    record_panics();
     let dir = tempfile::tempdir().unwrap();
     let pairing = Arc::new(FilePairingStore::open(dir.path().join("devices")).unwrap());
     let fake = FakeService::new();
