@@ -47,7 +47,14 @@ const SMOKE: Sizes = Sizes {
     index_sessions: 2_000,
 };
 
+/// Set (to the store directory) in the child process that measures hibernated RAM.
+const HIBERNATE_CHILD_ENV: &str = "BEAMCLAW_BENCH_HIBERNATE_DIR";
+
 fn main() {
+    if let Ok(dir) = std::env::var(HIBERNATE_CHILD_ENV) {
+        hibernate_child(Path::new(&dir));
+        return;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let full = args.iter().any(|arg| arg == "--bench");
     // Positional arguments (as `cargo bench --bench store -- first_page`) pick scenarios.
@@ -57,13 +64,15 @@ fn main() {
     let sizes = if full { FULL } else { SMOKE };
     let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
     println!("beamclaw-crdt store benchmarks ({})", if full { "full" } else { "smoke" });
+    println!("load average before: {}", load_average());
     if wanted("group_commit") {
         println!();
         println!("durable appends, group commit, Durability::Immediate, one writer thread");
         println!(
-            "| concurrent sessions | appends | appends/s | batches per commit | ack p50 | ack p99 |"
+            "| concurrent sessions | appends | appends/s | batches per commit | ack p50 | ack p99 \
+             | writer CPU per append | compactor CPU per append | load average after |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for (sessions, appends) in sizes.group_commit {
             group_commit(scratch, sessions, appends);
         }
@@ -139,6 +148,8 @@ fn group_commit(scratch: &Path, sessions: usize, appends: usize) {
         })
         .collect();
 
+    let writer_cpu = thread_cpu("store-writer");
+    let compactor_cpu = thread_cpu("store-compactor");
     let (acks, acked) = mpsc::channel::<(usize, Instant, Result<u32, StoreError>)>();
     let submit = |queues: &mut Vec<VecDeque<WriteBatch>>, n: usize| -> bool {
         let Some(batch) = queues[n].pop_front() else { return false };
@@ -170,16 +181,48 @@ fn group_commit(scratch: &Path, sessions: usize, appends: usize) {
         }
     }
     let elapsed = started.elapsed();
+    let writer_cpu = thread_cpu("store-writer").saturating_sub(writer_cpu);
+    let compactor_cpu = thread_cpu("store-compactor").saturating_sub(compactor_cpu);
     latencies.sort();
     let done = latencies.len();
     println!(
-        "| {sessions} | {done} | {:.0} | {:.1} | {:.2} ms | {:.2} ms |",
+        "| {sessions} | {done} | {:.0} | {:.1} | {:.2} ms | {:.2} ms | {:.1} µs | {:.1} µs | {} |",
         done as f64 / elapsed.as_secs_f64(),
         group_sizes as f64 / done as f64,
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        writer_cpu.as_secs_f64() * 1e6 / done as f64,
+        compactor_cpu.as_secs_f64() * 1e6 / done as f64,
+        load_average(),
     );
     store.shutdown().unwrap_or_else(|e| panic!("shutdown: {e}"));
+}
+
+/// The 1-, 5- and 15-minute load averages: this is a shared 2-core machine, so every figure is
+/// printed with the load it was measured under.
+fn load_average() -> String {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// CPU time (user + system) used so far by this process's thread named `name`, from
+/// /proc/self/task/*/stat (clock ticks of 10 ms).
+fn thread_cpu(name: &str) -> Duration {
+    const TICK_MS: u64 = 10;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesized name: state is field 3; utime and stime are 14 and 15.
+        let Some((_, after_name)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |at: usize| fields.get(at).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        return Duration::from_millis((ticks(11) + ticks(12)) * TICK_MS);
+    }
+    Duration::ZERO
 }
 
 /// Resident set size of this process, from /proc/self/status (VmRSS, kB).
@@ -216,18 +259,43 @@ fn populate_sessions(store: &Store, prefix: &str, from: usize, to: usize) {
     store.commit(WriteBatch::new(ops)).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Hydrates every session once through a `SessionCache` with a small budget (so all but the
-/// last few are hibernated), then hibernates the rest, and reports RSS growth per session.
+/// Populates a store, then measures in a fresh child process (so that the baseline RSS holds
+/// nothing left over from populating or from the other benchmarks).
 fn hibernated_ram(scratch: &Path, counts: [usize; 2]) {
     let dir = tempfile::tempdir_in(scratch).unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let options =
-        StoreOptions { cache_bytes: HIBERNATE_STORE_CACHE_BYTES, ..StoreOptions::default() };
     {
-        let store = Store::open(dir.path(), &options).unwrap_or_else(|e| panic!("open: {e}"));
+        let store =
+            Store::open(dir.path(), &hibernate_options()).unwrap_or_else(|e| panic!("open: {e}"));
         populate_sessions(&store, "hb", 0, counts[1]);
         store.shutdown().unwrap_or_else(|e| panic!("shutdown: {e}"));
     }
-    let store = Store::open(dir.path(), &options).unwrap_or_else(|e| panic!("open: {e}"));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let output = std::process::Command::new(exe)
+        .env(HIBERNATE_CHILD_ENV, dir.path())
+        .env("BEAMCLAW_BENCH_HIBERNATE_COUNTS", format!("{} {}", counts[0], counts[1]))
+        .output()
+        .unwrap_or_else(|e| panic!("hibernate child: {e}"));
+    if !output.status.success() {
+        panic!("hibernate child failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+}
+
+fn hibernate_options() -> StoreOptions {
+    StoreOptions { cache_bytes: HIBERNATE_STORE_CACHE_BYTES, ..StoreOptions::default() }
+}
+
+/// The child: opens the store, hydrates every session once through a `SessionCache` with a small
+/// budget (so all but the last few are hibernated as it goes), hibernates the rest, and reports
+/// RSS growth per session, overall and between the two counts.
+fn hibernate_child(dir: &Path) {
+    let counts: Vec<usize> = std::env::var("BEAMCLAW_BENCH_HIBERNATE_COUNTS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [first, total] = counts[..] else { panic!("BEAMCLAW_BENCH_HIBERNATE_COUNTS: two counts") };
+    let store = Store::open(dir, &hibernate_options()).unwrap_or_else(|e| panic!("open: {e}"));
     let actor = writer_actor("bench-node", 2);
     let mut cache: SessionCache<SessionDoc> = SessionCache::new(HIBERNATE_CACHE_BUDGET_BYTES);
     let baseline = rss_bytes();
@@ -245,38 +313,40 @@ fn hibernated_ram(scratch: &Path, counts: [usize; 2]) {
         }
     };
     let started = Instant::now();
-    hydrate(0..counts[0], &mut cache);
+    hydrate(0..first, &mut cache);
     let hydrate_first = started.elapsed();
+    cache.set_budget(0);
+    cache.set_budget(HIBERNATE_CACHE_BUDGET_BYTES);
     let mid = rss_bytes();
-    hydrate(counts[0]..counts[1], &mut cache);
-    let sample_bytes = cache.get(&key("hb", counts[1] - 1)).map_or(0, HydratedDoc::approx_bytes);
+    hydrate(first..total, &mut cache);
+    let sample_bytes = cache.get(&key("hb", total - 1)).map_or(0, HydratedDoc::approx_bytes);
     let stats = cache.stats();
     cache.set_budget(0);
     let after = rss_bytes();
-    let per_session = after.saturating_sub(baseline) as f64 / counts[1] as f64;
-    let marginal = after.saturating_sub(mid) as f64 / (counts[1] - counts[0]) as f64;
+    let grown = after.saturating_sub(baseline);
     println!(
-        "RAM per hibernated session (2-message sessions; redb cache {} MiB; hydrated-cache budget {} MiB)",
+        "RAM per hibernated session (2-message sessions, fresh process; redb page cache {} MiB; \
+         hydrated-cache budget {} MiB)",
         HIBERNATE_STORE_CACHE_BYTES >> 20,
         HIBERNATE_CACHE_BUDGET_BYTES >> 20
     );
     println!(
-        "| sessions hydrated then hibernated | RSS growth | per session | marginal per session ({} -> {}) | hydrate rate | approx_bytes of one hydrated |",
-        counts[0], counts[1]
+        "| sessions hydrated then hibernated | RSS growth | per session | per session from {first} \
+         to {total} | hydrations/s | approx_bytes of one hydrated | load average after |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {:.1} MiB | {:.0} B | {:.0} B | {:.0} sessions/s | {} B |",
-        counts[1],
-        after.saturating_sub(baseline) as f64 / (1 << 20) as f64,
-        per_session,
-        marginal,
-        counts[0] as f64 / hydrate_first.as_secs_f64(),
+        "| {total} | {:.1} MiB | {:.0} B | {:.0} B | {:.0} | {} B | {} |",
+        grown as f64 / (1 << 20) as f64,
+        grown as f64 / total as f64,
+        after.saturating_sub(mid) as f64 / (total - first) as f64,
+        first as f64 / hydrate_first.as_secs_f64(),
         sample_bytes,
+        load_average(),
     );
     println!(
-        "(cache after the loop: {} hydrated, {} hibernations; all hibernated before the last RSS read)",
-        stats.hydrated, stats.hibernations
+        "(cache: {} hydrations, {} hibernations, {} still hydrated before the final hibernation)",
+        stats.hydrations, stats.hibernations, stats.hydrated
     );
     store.shutdown().unwrap_or_else(|e| panic!("shutdown: {e}"));
 }
@@ -338,16 +408,19 @@ fn first_page(scratch: &Path, sessions: usize) {
     println!(
         "first page ({FIRST_PAGE_SESSIONS} sessions by updatedAt) of an index of {sessions} sessions"
     );
-    println!("| index | build (1 process) | file | first call after reopen | p50 | p99 | max |");
-    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| {sessions} | {:.1} s | {:.0} MiB | {:.2} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+        "| index | build | file | first call after reopen | p50 | p99 | max | load average after |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {sessions} | {:.1} s | {:.0} MiB | {:.2} ms | {:.3} ms | {:.3} ms | {:.3} ms | {} |",
         build.as_secs_f64(),
         file_bytes as f64 / (1 << 20) as f64,
         first_call.as_secs_f64() * 1e3,
         percentile(&timings, 0.5).as_secs_f64() * 1e3,
         percentile(&timings, 0.99).as_secs_f64() * 1e3,
         timings.last().map_or(0.0, |t| t.as_secs_f64() * 1e3),
+        load_average(),
     );
     store.shutdown().unwrap_or_else(|e| panic!("shutdown: {e}"));
 }

@@ -138,13 +138,13 @@ impl Store {
             stopping: Arc::clone(&stopping),
         };
         let compactor = std::thread::Builder::new()
-            .name("beamclaw-store-compactor".to_owned())
+            .name("store-compactor".to_owned())
             .spawn(move || compactor.run())
             .map_err(|error| StoreError::Writer { reason: error.to_string() })?;
         let writer =
             Writer::new(Arc::clone(&db), receiver, gauge, threshold, compact_parts, stopping);
         let writer = std::thread::Builder::new()
-            .name("beamclaw-store-writer".to_owned())
+            .name("store-writer".to_owned())
             .spawn(move || writer.run())
             .map_err(|error| StoreError::Writer { reason: error.to_string() })?;
         Ok(Self { db, queue, writer: Some(writer), compactor: Some(compactor) })
