@@ -1,7 +1,7 @@
 //! Applying write ops inside one redb write transaction: the only code that mutates the tables.
 //!
-//! Used by the writer thread for group commits and compaction rounds; it never commits, so the
-//! caller decides what one transaction holds and how durable it is.
+//! Used by the writer thread for group commits and for applying compaction results; it never
+//! commits, so the caller decides what one transaction holds and how durable it is.
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
