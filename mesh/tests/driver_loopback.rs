@@ -49,6 +49,7 @@ fn answer_turns(handle: MeshHandle, mut turns: mpsc::Receiver<TurnCommand>) {
                     messages: vec![reply],
                     usage: Usage::default(),
                     done: true,
+                    reply: None,
                 };
                 handle.turn(out).await.unwrap();
             }

@@ -84,8 +84,11 @@ pub enum TurnInput {
     /// A streaming event; relayed to subscribers if `run.epoch` is still current.
     Event { run: RunRef, event: TurnEvent },
     /// Messages to write (tool calls, tool results, checkpoints, the final message) and usage to
-    /// add. `done` ends the run. Refused (and the run aborted) when the epoch is stale.
-    Output { run: RunRef, messages: Vec<Message>, usage: Usage, done: bool },
+    /// add. The final assistant message (non-partial, with `reply_to`) ends the run and every
+    /// run it answers; `done` ends the run without one. Refused (and the run aborted) when the
+    /// epoch is stale. With `reply`, the core answers `Event::Response { req: reply }` once the
+    /// write is durable (`Response::Written`), or at once with `RequestError::StaleEpoch`.
+    Output { run: RunRef, messages: Vec<Message>, usage: Usage, done: bool, reply: Option<ReqId> },
     /// The runtime has no running turn for `session` any more (after `DrainTurns`/`AbortTurns`).
     Idle { session: SessionKey },
 }
@@ -218,6 +221,8 @@ pub enum Response {
         session_id: String,
         aborted_runs: Vec<String>,
     },
+    /// A turn's write is durable.
+    Written,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -232,6 +237,8 @@ pub enum RequestError {
     NotFound,
     #[error("storage failed: {0}")]
     Storage(String),
+    #[error("this node no longer owns the session under that epoch: {0}")]
+    StaleEpoch(String),
 }
 
 /// What a node reports about itself (for `status`, health and the simulator's checker).

@@ -144,13 +144,40 @@ pub(crate) enum Origin {
 /// Work that may only happen once a write batch is durable.
 #[derive(Debug)]
 pub(crate) enum AfterDurable {
-    Respond { to: Origin, result: Result<Response, RequestError> },
-    StartTurn { session: SessionKey, message_id: String },
-    ClaimDurable { session: SessionKey, epoch: Epoch },
-    AcceptHandoff { session: SessionKey, epoch: Epoch, to: NodeId },
-    FinalEvent { run: super::turn::RunRef, event: super::turn::TurnEvent },
-    ChangesAck { session: SessionKey, to: NodeId, ack: u64 },
-    QuorumLocal { ack: u64 },
+    Respond {
+        to: Origin,
+        result: Result<Response, RequestError>,
+    },
+    StartTurn {
+        session: SessionKey,
+        message_id: String,
+    },
+    ClaimDurable {
+        session: SessionKey,
+        epoch: Epoch,
+    },
+    AcceptHandoff {
+        session: SessionKey,
+        epoch: Epoch,
+        to: NodeId,
+    },
+    FinalEvent {
+        run: super::turn::RunRef,
+        event: super::turn::TurnEvent,
+    },
+    ChangesAck {
+        session: SessionKey,
+        to: NodeId,
+        ack: u64,
+    },
+    QuorumLocal {
+        ack: u64,
+    },
+    /// Answer a local caller that is not a routed request (a turn's write).
+    Reply {
+        req: ReqId,
+        result: Result<Response, RequestError>,
+    },
 }
 
 /// What we own of a session (present only while we are its owner).
@@ -162,8 +189,8 @@ pub(crate) struct OwnerRole {
     pub resume_after: Option<Millis>,
     /// User messages a turn was started for under this epoch.
     pub started: BTreeSet<String>,
-    /// Runs started and not yet done.
-    pub running: BTreeSet<String>,
+    /// Runs started and not yet done: run id -> the user message it answers.
+    pub running: BTreeMap<String, String>,
     /// Messages accepted while turns may not start (handoff, drain): the successor starts them.
     pub deferred: bool,
     pub handoff: Option<super::ownership::Handoff>,
@@ -737,6 +764,10 @@ impl<D: Disk> Node<D> {
             AfterDurable::Respond { to, .. } => {
                 self.answer(to, Err(RequestError::Storage(reason.to_string())))
             }
+            AfterDurable::Reply { req, .. } => {
+                let result = Err(RequestError::Storage(reason.to_string()));
+                self.deliver(Event::Response { req, result });
+            }
             AfterDurable::ClaimDurable { session, epoch } => {
                 // The claim is not durable: give it up rather than act on it.
                 if let Some(state) = self.sessions.get_mut(&session)
@@ -777,6 +808,7 @@ impl<D: Disk> Node<D> {
                 self.send(to, Msg::ChangesAck { session, ack })
             }
             AfterDurable::QuorumLocal { ack } => self.quorum_local(ack),
+            AfterDurable::Reply { req, result } => self.deliver(Event::Response { req, result }),
         }
     }
 

@@ -140,7 +140,7 @@ impl<D: Disk> Node<D> {
                 reason: AbortReason::StaleEpoch,
             });
         }
-        for _ in &role.running {
+        for _ in role.running.keys() {
             self.docs.unpin(session);
         }
         if role.handoff.is_some() {

@@ -437,7 +437,7 @@ impl<D: Disk> Node<D> {
                 if let Some(role) = self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) {
                     aborted_runs = role
                         .running
-                        .iter()
+                        .keys()
                         .filter(|r| run_id.as_ref().is_none_or(|want| want == *r))
                         .cloned()
                         .collect();

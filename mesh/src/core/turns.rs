@@ -8,7 +8,7 @@
 
 use beamclaw_crdt::{Role, SessionKey, StopReason, Usage};
 
-use super::api::{AbortReason, Effect, Event, TurnInput};
+use super::api::{AbortReason, Effect, Event, RequestError, Response, TurnInput};
 use super::node::{AfterDurable, Node};
 use super::storage::Disk;
 use super::turn::{RunRef, TurnEvent};
@@ -50,7 +50,7 @@ impl<D: Disk> Node<D> {
         let run_id = message.run_id.clone().unwrap_or_else(|| message.id.clone());
         if let Some(role) = self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) {
             role.started.insert(message_id.to_string());
-            role.running.insert(run_id.clone());
+            role.running.insert(run_id.clone(), message_id.to_string());
         }
         self.docs.pin(session);
         self.counters.turns_started += 1;
@@ -127,23 +127,48 @@ impl<D: Disk> Node<D> {
                     // The final event is the core's to send, once the final message is durable.
                     return;
                 }
+                if event.is_terminal() {
+                    // Aborted or failed without a final message: the run is over.
+                    self.end_runs(&run.session, std::slice::from_ref(&run.run_id), &[]);
+                }
                 self.fan_out_turn_event(run, event);
             }
-            TurnInput::Output { run, messages, usage, done } => {
-                self.turn_output(run, messages, usage, done)
+            TurnInput::Output { run, messages, usage, done, reply } => {
+                self.turn_output(run, messages, usage, done, reply)
             }
             TurnInput::Idle { session } => {
-                let runs = self
+                let runs: Vec<String> = self
                     .sessions
-                    .get_mut(&session)
-                    .and_then(|s| s.role.as_mut())
-                    .map(|r| std::mem::take(&mut r.running).len())
-                    .unwrap_or(0);
-                for _ in 0..runs {
-                    self.docs.unpin(&session);
-                }
-                self.handoff_quiesced(&session);
+                    .get(&session)
+                    .and_then(|s| s.role.as_ref())
+                    .map(|r| r.running.keys().cloned().collect())
+                    .unwrap_or_default();
+                self.end_runs(&session, &runs, &[]);
             }
+        }
+    }
+
+    /// Ends `runs`, and every run whose user message is in `answered`; lets a handoff waiting
+    /// for the session to go quiet proceed.
+    fn end_runs(&mut self, session: &SessionKey, runs: &[String], answered: &[String]) {
+        let ended = match self.sessions.get_mut(session).and_then(|s| s.role.as_mut()) {
+            Some(role) => {
+                let before = role.running.len();
+                role.running.retain(|run, input| !runs.contains(run) && !answered.contains(input));
+                before - role.running.len()
+            }
+            None => 0,
+        };
+        for _ in 0..ended {
+            self.docs.unpin(session);
+        }
+        let idle = self
+            .sessions
+            .get(session)
+            .and_then(|s| s.role.as_ref())
+            .is_some_and(|r| r.running.is_empty());
+        if ended > 0 && idle {
+            self.handoff_quiesced(session);
         }
     }
 
@@ -153,12 +178,21 @@ impl<D: Disk> Node<D> {
         messages: Vec<beamclaw_crdt::Message>,
         usage: Usage,
         done: bool,
+        reply: Option<super::api::ReqId>,
     ) {
         let session = run.session.clone();
         if !self.check_epoch(&session, run.epoch) {
             // A turn of an epoch we no longer own: refuse its output (the new owner re-runs it).
             self.counters.turn_outputs_stale += 1;
             tracing::info!(%session, run = %run.run_id, term = run.epoch, "stale turn output refused");
+            let current = self.epoch_of(&session).map(|e| format!("{e:?}")).unwrap_or_default();
+            if let Some(req) = reply {
+                let result = Err(RequestError::StaleEpoch(format!(
+                    "term {} is stale; the owner is now {current}",
+                    run.epoch
+                )));
+                self.deliver(Event::Response { req, result });
+            }
             self.out.push(Effect::AbortTurns {
                 session,
                 run_id: Some(run.run_id),
@@ -166,11 +200,25 @@ impl<D: Disk> Node<D> {
             });
             return;
         }
-        if self.hydrate(&session).ok() != Some(true) {
-            return;
+        match self.hydrate(&session) {
+            Ok(true) => {}
+            other => {
+                if let Some(req) = reply {
+                    let reason = match other {
+                        Err(e) => e.to_string(),
+                        _ => "the session is not stored on its owner".into(),
+                    };
+                    self.deliver(Event::Response {
+                        req,
+                        result: Err(RequestError::Storage(reason)),
+                    });
+                }
+                return;
+            }
         }
         let author = self.cfg.node.to_string();
         let mut final_message = None;
+        let mut refused = None;
         for mut m in messages {
             m.author = author.clone();
             if m.role == Role::Assistant && !m.partial && !m.reply_to.is_empty() {
@@ -179,6 +227,7 @@ impl<D: Disk> Node<D> {
             let id = m.id.clone();
             if let Some(Err(e)) = self.with_doc(&session, |doc| doc.upsert(&m)) {
                 tracing::warn!(%session, message = %id, error = %e, "turn output message refused");
+                refused = Some(format!("message {id}: {e}"));
             }
         }
         if usage != Usage::default()
@@ -187,30 +236,22 @@ impl<D: Disk> Node<D> {
             tracing::warn!(%session, error = %e, "usage not recorded");
         }
         self.commit_doc(&session, true);
-        if !done {
-            return;
-        }
-        let was_running = self
-            .sessions
-            .get_mut(&session)
-            .and_then(|s| s.role.as_mut())
-            .is_some_and(|r| r.running.remove(&run.run_id));
-        if was_running {
-            self.docs.unpin(&session);
+        if let Some(req) = reply {
+            let result = match refused {
+                Some(reason) => Err(RequestError::Invalid(reason)),
+                None => Ok(Response::Written),
+            };
+            self.when_durable(&session, AfterDurable::Reply { req, result });
         }
         if let Some(message) = final_message {
+            let answered = message.reply_to.clone();
+            self.end_runs(&session, std::slice::from_ref(&run.run_id), &answered);
             let stop_reason = message.stop_reason.unwrap_or(StopReason::Stop);
             let usage = message.usage.unwrap_or(usage);
             let event = TurnEvent::Final { message: Box::new(message), stop_reason, usage };
             self.when_durable(&session, AfterDurable::FinalEvent { run, event });
-        }
-        let idle = self
-            .sessions
-            .get(&session)
-            .and_then(|s| s.role.as_ref())
-            .is_some_and(|r| r.running.is_empty());
-        if idle {
-            self.handoff_quiesced(&session);
+        } else if done {
+            self.end_runs(&session, std::slice::from_ref(&run.run_id), &[]);
         }
     }
 

@@ -300,6 +300,7 @@ impl Harness {
                         messages: vec![reply],
                         usage: Usage { input: 1, output: 1, ..Default::default() },
                         done: true,
+                        reply: None,
                     };
                     self.feed(i, Input::Turn(out));
                 }
