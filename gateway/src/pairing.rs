@@ -202,10 +202,73 @@ struct StoreFile {
     paired: Vec<PairedDevice>,
 }
 
+/// Identifies one version of the store file: a rewrite is a rename of a new file, so the inode
+/// (and usually the size and mtime) changes with every write, whichever process made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp_of(path: &Path) -> Result<Option<Stamp>, PairingError> {
+    match fs::metadata(path) {
+        Ok(meta) => {
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+            #[cfg(not(unix))]
+            let inode = 0;
+            Ok(Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode }))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PairingError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Reads the store file (`None`: it does not exist yet).
+fn read_store(path: &Path, stamp: Option<Stamp>) -> Result<StoreFile, PairingError> {
+    let Some(stamp) = stamp else {
+        return Ok(StoreFile { version: STORE_FORMAT_VERSION, ..Default::default() });
+    };
+    if stamp.len > STORE_FILE_BYTES_MAX {
+        return Err(PairingError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{} bytes; at most {STORE_FILE_BYTES_MAX} are read", stamp.len),
+        });
+    }
+    let bytes =
+        fs::read(path).map_err(|source| PairingError::Io { path: path.to_path_buf(), source })?;
+    let file: StoreFile = serde_json::from_slice(&bytes).map_err(|err| PairingError::Corrupt {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    })?;
+    if file.version != STORE_FORMAT_VERSION {
+        return Err(PairingError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "format version {}; this BeamClaw reads version {STORE_FORMAT_VERSION}",
+                file.version
+            ),
+        });
+    }
+    Ok(file)
+}
+
+#[derive(Debug)]
+struct Loaded {
+    file: StoreFile,
+    /// The file version `file` was read from or written as.
+    stamp: Option<Stamp>,
+}
+
 /// [`PairingStore`] in `<dir>/pairing.json`.
+///
+/// Several processes may open the same directory (the running node and its `devices` CLI):
+/// every operation first re-reads the file if another process replaced it. Two processes
+/// changing it at the same instant can still lose one change (last rename wins).
 pub struct FilePairingStore {
     dir: PathBuf,
-    state: Mutex<StoreFile>,
+    state: Mutex<Loaded>,
     temp_counter: AtomicU64,
 }
 
@@ -222,49 +285,31 @@ impl FilePairingStore {
         fs::create_dir_all(&dir)
             .map_err(|source| PairingError::Io { path: dir.clone(), source })?;
         let path = dir.join(STORE_FILE_NAME);
-        let state = match fs::metadata(&path) {
-            Ok(meta) if meta.len() > STORE_FILE_BYTES_MAX => {
-                return Err(PairingError::Corrupt {
-                    path,
-                    reason: format!(
-                        "{} bytes; at most {STORE_FILE_BYTES_MAX} are read",
-                        meta.len()
-                    ),
-                });
-            }
-            Ok(_) => {
-                let bytes = fs::read(&path)
-                    .map_err(|source| PairingError::Io { path: path.clone(), source })?;
-                let file: StoreFile = serde_json::from_slice(&bytes).map_err(|err| {
-                    PairingError::Corrupt { path: path.clone(), reason: err.to_string() }
-                })?;
-                if file.version != STORE_FORMAT_VERSION {
-                    return Err(PairingError::Corrupt {
-                        path,
-                        reason: format!(
-                            "format version {}; this BeamClaw reads version {STORE_FORMAT_VERSION}",
-                            file.version
-                        ),
-                    });
-                }
-                file
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                StoreFile { version: STORE_FORMAT_VERSION, ..Default::default() }
-            }
-            Err(source) => return Err(PairingError::Io { path, source }),
-        };
-        Ok(FilePairingStore { dir, state: Mutex::new(state), temp_counter: AtomicU64::new(0) })
+        let stamp = stamp_of(&path)?;
+        let file = read_store(&path, stamp)?;
+        Ok(FilePairingStore {
+            dir,
+            state: Mutex::new(Loaded { file, stamp }),
+            temp_counter: AtomicU64::new(0),
+        })
     }
 
     pub fn path(&self) -> PathBuf {
         self.dir.join(STORE_FILE_NAME)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, StoreFile> {
+    /// The current state, re-read first if the file changed under us.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Loaded>, PairingError> {
         // A panic while holding the lock cannot leave a half-applied change: every change is
         // made on a copy and swapped in after it was persisted.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let path = self.path();
+        let stamp = stamp_of(&path)?;
+        if stamp != guard.stamp {
+            guard.file = read_store(&path, stamp)?;
+            guard.stamp = stamp;
+        }
+        Ok(guard)
     }
 
     /// Applies `change` to a copy of the state, persists it, then makes it current.
@@ -273,13 +318,14 @@ impl FilePairingStore {
         now_ms: i64,
         change: impl FnOnce(&mut StoreFile) -> Result<T, PairingError>,
     ) -> Result<T, PairingError> {
-        let mut guard = self.lock();
-        let mut next = guard.clone();
+        let mut guard = self.lock()?;
+        let mut next = guard.file.clone();
         next.pending.retain(|p| p.expires_at_ms > now_ms);
         let out = change(&mut next)?;
-        if next != *guard {
+        if next != guard.file {
             self.persist(&next)?;
-            *guard = next;
+            guard.stamp = stamp_of(&self.path())?;
+            guard.file = next;
         }
         Ok(out)
     }
@@ -390,11 +436,12 @@ fn merge_approval(
 
 impl PairingStore for FilePairingStore {
     fn device(&self, device_id: &str) -> Result<Option<PairedDevice>, PairingError> {
-        Ok(self.lock().paired.iter().find(|d| d.device_id == device_id).cloned())
+        Ok(self.lock()?.file.paired.iter().find(|d| d.device_id == device_id).cloned())
     }
 
     fn snapshot(&self, now_ms: i64) -> Result<PairingSnapshot, PairingError> {
-        let state = self.lock();
+        let loaded = self.lock()?;
+        let state = &loaded.file;
         Ok(PairingSnapshot {
             pending: state.pending.iter().filter(|p| p.expires_at_ms > now_ms).cloned().collect(),
             paired: state.paired.clone(),
@@ -552,7 +599,8 @@ impl PairingStore for FilePairingStore {
         token: &str,
     ) -> Result<Option<DeviceTokenInfo>, PairingError> {
         let presented = token_hash(token);
-        let state = self.lock();
+        let loaded = self.lock()?;
+        let state = &loaded.file;
         let Some(device) = state.paired.iter().find(|d| d.device_id == device_id) else {
             return Ok(None);
         };
@@ -675,6 +723,22 @@ mod tests {
         let err = FilePairingStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, PairingError::Corrupt { .. }));
         assert!(err.to_string().contains("pairing.json"));
+    }
+
+    #[test]
+    fn changes_by_another_process_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = FilePairingStore::open(dir.path()).unwrap();
+        let cli = FilePairingStore::open(dir.path()).unwrap();
+        let pending = node.request(request("d1", &["operator.read"]), 0).unwrap();
+        // The CLI, opened before the request existed, sees it and approves it...
+        assert_eq!(cli.snapshot(1).unwrap().pending.len(), 1);
+        cli.approve(&pending.request_id, 2).unwrap();
+        // ...and the node sees the approval without being reopened.
+        assert!(node.device("d1").unwrap().is_some());
+        assert!(node.snapshot(3).unwrap().pending.is_empty());
+        let issued = node.issue_token("d1", "operator", None, 4).unwrap();
+        assert!(cli.verify_token("d1", "operator", &issued.token).unwrap().is_some());
     }
 
     #[test]
