@@ -905,3 +905,28 @@ async fn session_feeds_end_with_their_last_follower() {
     let _ = SessionKey::new("agent:main:f").unwrap();
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn the_node_role_gets_no_operator_scopes() {
+    let gw = start(config()).await;
+    let device = Device::new(9);
+    let options = ConnectOptions {
+        role: "node".into(),
+        client_id: "node-host".into(),
+        mode: "node".into(),
+        ..Default::default()
+    };
+    let mut node = connect_with(&gw, &options, Some((&device, true))).await;
+    assert_eq!(node.hello["auth"]["role"], "node");
+    assert_eq!(node.hello["auth"]["scopes"], json!([]));
+    let res = node
+        .request(
+            "chat.send",
+            json!({"sessionKey": "agent:main:n", "message": "x", "idempotencyKey": "n"}),
+        )
+        .await;
+    assert_eq!(res["error"]["code"], "FORBIDDEN");
+    let (_, res) = connect_raw(&gw, &options, None).await;
+    assert!(res["error"]["message"].as_str().unwrap().contains("device identity"), "{res}");
+    gw.stop().await;
+}

@@ -178,13 +178,18 @@ pub(crate) async fn authenticate(
         return Err(Refusal::invalid(format!("params.scopes: at most {SCOPES_MAX} scopes")));
     }
     // Operator scopes BeamClaw knows; others (talk, questions) name surfaces it does not serve.
-    let requested_known: Option<Vec<String>> = requested_raw.as_ref().map(|scopes| {
-        let mut known: Vec<String> =
-            scopes.iter().filter(|s| OPERATOR_SCOPES.contains(&s.as_str())).cloned().collect();
-        known.sort();
-        known.dedup();
-        known
-    });
+    // A node gets none: operator scopes belong to operators.
+    let requested_known: Option<Vec<String>> = if role != "operator" {
+        Some(Vec::new())
+    } else {
+        requested_raw.as_ref().map(|scopes| {
+            let mut known: Vec<String> =
+                scopes.iter().filter(|s| OPERATOR_SCOPES.contains(&s.as_str())).cloned().collect();
+            known.sort();
+            known.dedup();
+            known
+        })
+    };
 
     let auth = params.auth.clone().unwrap_or_default();
     let shared_ok = match config.auth.mode {
