@@ -40,6 +40,8 @@ use crate::util::now_ms;
 
 /// Requests one connection may have running at once.
 pub(crate) const IN_FLIGHT_REQUESTS_MAX: usize = 64;
+/// `retryAfterMs` suggested when a connection has too many requests running.
+const IN_FLIGHT_RETRY_AFTER_MS: u64 = 100;
 /// Time the writer gets to deliver a close frame to a client that may not be reading, ms.
 const CLOSE_WRITE_TIMEOUT_MS: u64 = 1_000;
 /// Time the reader waits for the writer to flush after the connection ended, ms.
@@ -532,7 +534,7 @@ fn handle_text<S: GatewayService>(
             ErrorCode::Unavailable,
             format!("{IN_FLIGHT_REQUESTS_MAX} requests are already running on this connection"),
         )
-        .retry_after(100);
+        .retry_after(IN_FLIGHT_RETRY_AFTER_MS);
         send_error(shared, connection, &request.id, &err);
         return;
     }

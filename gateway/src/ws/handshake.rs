@@ -18,6 +18,8 @@ use crate::util::{now_ms, secret_eq};
 
 /// Roles BeamClaw accepts. `node` clients connect but no node method is served.
 const ROLES: &[&str] = &["operator", "node"];
+/// `retryAfterMs` suggested while the pairing store is full of pending requests.
+const PAIRING_FULL_RETRY_AFTER_MS: u64 = 60_000;
 /// Longest client-supplied text kept (names, versions, platform), in bytes.
 const CLIENT_TEXT_BYTES_MAX: usize = 256;
 
@@ -76,7 +78,8 @@ pub(crate) fn pairing_error(err: PairingError) -> WireError {
         | PairingError::RoleNotApproved { .. }
         | PairingError::ScopesNotApproved { .. } => WireError::invalid(err.to_string()),
         PairingError::TooManyPending { .. } | PairingError::TooManyDevices { .. } => {
-            WireError::new(ErrorCode::Unavailable, err.to_string()).retry_after(60_000)
+            WireError::new(ErrorCode::Unavailable, err.to_string())
+                .retry_after(PAIRING_FULL_RETRY_AFTER_MS)
         }
         PairingError::Io { .. } | PairingError::Corrupt { .. } | PairingError::Random { .. } => {
             tracing::error!(error = %err, "pairing store failure");
