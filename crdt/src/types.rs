@@ -131,6 +131,9 @@ pub struct IndexEntry {
     pub output_tokens: u64,
     pub total_tokens: u64,
     pub spawned_by: Option<String>,
+    /// Set when the session was deleted (milliseconds since the Unix epoch): listings skip it,
+    /// and the tombstone keeps anti-entropy from bringing it back.
+    pub deleted_at_ms: Option<i64>,
 }
 
 #[cfg(test)]

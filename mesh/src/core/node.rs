@@ -1034,5 +1034,6 @@ pub(crate) fn index_entry_of(doc: &SessionDoc) -> IndexEntry {
         output_tokens: meta.output_tokens,
         total_tokens: meta.total_tokens,
         spawned_by: meta.spawned_by,
+        deleted_at_ms: meta.deleted_at.and_then(|t| i64::try_from(t).ok()),
     }
 }
