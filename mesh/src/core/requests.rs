@@ -97,10 +97,6 @@ impl<D: Disk> Node<D> {
             self.deliver(super::api::Event::Response { req, result: Err(e) });
             return;
         }
-        if matches!(body, RequestBody::Submit { .. }) {
-            // The client wants this turn's events: make sure they reach this node.
-            self.subscribe_local(session.clone());
-        }
         self.requests
             .insert(req, PendingRequest { session, body, attempts: 0, sent_to: None, deadline: 0 });
         self.route_pending(req);

@@ -124,6 +124,12 @@ pub enum TurnCommand {
 
 pub(crate) enum CoreMsg {
     Input(Input),
+    TurnWrite {
+        run: RunRef,
+        messages: Vec<beamclaw_crdt::Message>,
+        usage: beamclaw_crdt::Usage,
+        reply: oneshot::Sender<Result<Response, RequestError>>,
+    },
     Request {
         session: SessionKey,
         body: RequestBody,
@@ -150,6 +156,32 @@ pub struct MeshHandle {
     node: NodeId,
     advertise: SocketAddr,
     transport: Transport,
+    fence: EpochFence,
+}
+
+/// The sessions this node owns and their terms, kept current by the core task from ownership
+/// changes: the synchronous epoch fence the runtime consults before every side effect.
+#[derive(Clone, Default)]
+pub struct EpochFence(Arc<std::sync::RwLock<HashMap<SessionKey, u64>>>);
+
+impl EpochFence {
+    /// Whether this node owns `session` under `term` right now.
+    pub fn check(&self, session: &SessionKey, term: u64) -> Result<(), u64> {
+        let owned = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match owned.get(session) {
+            Some(current) if *current == term => Ok(()),
+            Some(current) => Err(*current),
+            None => Err(0),
+        }
+    }
+
+    fn set(&self, session: &SessionKey, term: Option<u64>) {
+        let mut owned = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match term {
+            Some(t) => owned.insert(session.clone(), t),
+            None => owned.remove(session),
+        };
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +232,38 @@ impl MeshHandle {
     /// Output and events of a running turn.
     pub async fn turn(&self, input: TurnInput) -> Result<(), CoreStopped> {
         self.input(Input::Turn(input)).await
+    }
+
+    /// Writes a turn's messages and usage; resolves once durable, or refuses a stale epoch.
+    pub async fn turn_write(
+        &self,
+        run: RunRef,
+        messages: Vec<beamclaw_crdt::Message>,
+        usage: beamclaw_crdt::Usage,
+    ) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(CoreMsg::TurnWrite { run, messages, usage, reply })
+            .await
+            .map_err(|_| RequestError::Unavailable("the mesh core has stopped".into()))?;
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RequestError::Unavailable("the mesh core has stopped".into())),
+        }
+    }
+
+    /// A streaming event of a running turn, without waiting: events are ephemeral, so when the
+    /// core's queue is full the event is dropped (the final message is written, not streamed).
+    pub fn turn_event(&self, run: RunRef, event: crate::core::TurnEvent) {
+        if self.tx.try_send(CoreMsg::Input(Input::Turn(TurnInput::Event { run, event }))).is_err() {
+            tracing::debug!("turn event dropped: mesh core queue full");
+        }
+    }
+
+    /// The synchronous epoch fence.
+    pub fn fence(&self) -> &EpochFence {
+        &self.fence
     }
 
     async fn input(&self, input: Input) -> Result<(), CoreStopped> {
@@ -293,6 +357,10 @@ pub async fn start(
     let mut node = Node::new(node_cfg, disk::StoreDisk(store.clone()));
     let clock = Instant::now();
     let effects = node.start(0)?;
+    let fence = EpochFence::default();
+    for session in node.owned_sessions() {
+        fence.set(&session, node.epoch_of(&session).map(|e| e.term));
+    }
     let (events, _) = broadcast::channel(EVENTS_BUFFER_MAX);
     let (turn_tx, turn_rx) = mpsc::channel(TURN_COMMANDS_QUEUE_MAX);
     tracing::info!(
@@ -317,10 +385,11 @@ pub async fn start(
         turns: turn_tx,
         unsubmitted: VecDeque::new(),
         drain_waiters: Vec::new(),
+        fence: fence.clone(),
     };
     task.execute(effects);
     tokio::spawn(task.run());
-    let handle = MeshHandle { tx, events, node: cfg.key.node_id(), advertise, transport };
+    let handle = MeshHandle { tx, events, node: cfg.key.node_id(), advertise, transport, fence };
     Ok((handle, turn_rx))
 }
 
@@ -339,6 +408,7 @@ struct CoreTask {
     turns: mpsc::Sender<TurnCommand>,
     unsubmitted: VecDeque<(BatchId, WriteBatch)>,
     drain_waiters: Vec<oneshot::Sender<(usize, usize)>>,
+    fence: EpochFence,
 }
 
 /// A timer in the heap; ordered only by (time, sequence), never by the value.
@@ -394,6 +464,13 @@ impl CoreTask {
     fn on_msg(&mut self, msg: CoreMsg) {
         match msg {
             CoreMsg::Input(input) => self.handle(input),
+            CoreMsg::TurnWrite { run, messages, usage, reply } => {
+                let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+                self.pending.insert(req, reply);
+                let output =
+                    TurnInput::Output { run, messages, usage, done: false, reply: Some(req) };
+                self.handle(Input::Turn(output));
+            }
             CoreMsg::Request { session, body, reply } => {
                 let req = self.next_req.fetch_add(1, Ordering::Relaxed);
                 self.pending.insert(req, reply);
@@ -506,6 +583,11 @@ impl CoreTask {
                     }
                 }
                 Effect::Deliver(event) => {
+                    if let Event::OwnerChanged { session, epoch } = &event {
+                        let ours = epoch.node == self.node.id()
+                            && self.node.check_epoch(session, epoch.term);
+                        self.fence.set(session, ours.then_some(epoch.term));
+                    }
                     if let Event::Drained { handed_over, left_behind } = &event {
                         for w in self.drain_waiters.drain(..) {
                             let _ = w.send((*handed_over, *left_behind));
