@@ -39,9 +39,14 @@ use segment::{Refresh, Segment};
 use std::collections::{BTreeMap, btree_map};
 use transcript::{Loc, Segments, Transcript, part_id};
 
-/// Messages after which the newest segment rolls over. See docs/benchmarks.md ("Session
-/// document"): append cost in Automerge grows with the list, and at this size it stays within
-/// the target (2x of a 100-message list) while a 50,000-message session is only 50 parts.
+/// Messages after which the newest segment rolls over. Measured (docs/benchmarks.md, "Session
+/// document"): append cost barely depends on the length of the list (p50 155 µs at 100 elements,
+/// 175 µs at 20,000, on a loaded 2-core machine), so the size is set by the costs that do grow
+/// with a segment: re-reading it whole (tens of µs per element) when a replica's change inserts
+/// before existing elements, reading it at load, and the whole-part message a fresh peer is
+/// sent. At 1,000 these stay in the tens of milliseconds and the hundreds of KB, and a
+/// 50,000-message session is 50 parts (about 1 MiB of per-part overhead against some 45 MiB of
+/// messages when hydrated).
 pub const SEGMENT_MESSAGES_MAX: usize = 1_000;
 
 /// Stored bytes (ids, bodies, keys) after which the newest segment rolls over. A message that
@@ -95,13 +100,14 @@ pub const WRITER_ACTOR_BYTES_MAX: usize = 32;
 /// Version of the document layout, stored at the root of every part by its genesis.
 const FORMAT_VERSION: u64 = 1;
 
-/// Estimated resident bytes of one hydrated part (an Automerge document with its op set,
-/// change graph and actor table) before any message; calibrated against RSS, see
-/// docs/benchmarks.md.
-const PART_RESIDENT_BYTES: usize = 6 * 1024;
-/// Estimated resident bytes per stored message besides its stored bytes (the Automerge ops of
-/// its fields and the index slot and entry).
-const MESSAGE_RESIDENT_BYTES: usize = 400;
+/// Estimated resident bytes of one hydrated part before any message: an Automerge 0.12 document
+/// costs about 18 KiB of heap even when it holds a single op (its columnar op set preallocates),
+/// plus the part's bookkeeping. Calibrated against RSS, see docs/benchmarks.md.
+const PART_RESIDENT_BYTES: usize = 21 * 1024;
+/// Estimated resident bytes per stored message besides its stored bytes: the Automerge ops of
+/// its fields, the index slot, the element id and the id -> element entry. Calibrated against
+/// RSS at 1, 20 and 200 messages per session (docs/benchmarks.md).
+const MESSAGE_RESIDENT_BYTES: usize = 800;
 
 /// The writer actor for a node incarnation: blake3 of the node id and the incarnation number
 /// (new on every process start, so that sequence numbers of changes lost in a crash are never
