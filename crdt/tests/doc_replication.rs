@@ -379,3 +379,25 @@ fn per_message_chunk_and_sync_bytes_stay_within_150_plus_1_2_body() {
         );
     }
 }
+
+#[test]
+fn an_empty_placeholder_fills_in_from_chunks_and_from_sync() {
+    let mut owner = replica("node-a", "s1");
+    owner.set_segment_limits(SegmentLimits { messages_max: 2, bytes_max: 1 << 20 });
+    for i in 0..5 {
+        owner.append(&user(&format!("m{i}"), "x")).unwrap();
+    }
+    let mut pushed = SessionDoc::empty(key(), &writer_actor("node-b", 1)).unwrap();
+    assert!(!pushed.is_initialized());
+    for chunk in owner.take_chunks() {
+        pushed.apply_chunk(&chunk).unwrap();
+    }
+    let mut synced = SessionDoc::empty(key(), &writer_actor("node-c", 1)).unwrap();
+    full_sync(&mut owner, &mut synced);
+    for doc in [&mut pushed, &mut synced] {
+        assert!(doc.is_initialized());
+        assert_eq!(doc.heads_digest(), owner.heads_digest());
+        assert_eq!(doc.history(10, None).unwrap(), owner.history(10, None).unwrap());
+        assert_eq!(doc.message_count(), 5);
+    }
+}
