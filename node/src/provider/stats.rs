@@ -107,8 +107,9 @@ struct ModelCounters {
     tokens_out: u64,
 }
 
-/// What `status` shows for one provider/model pair.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What `status` shows for one provider/model pair (serialized in camelCase for JSON status).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ModelStatsSnapshot {
     pub provider: String,
     pub model: String,
