@@ -9,13 +9,17 @@
 //! - `tools`: the `Tool` trait and registry.
 //! - `mock_llm`: `beamclaw mock-llm`, a scripted Anthropic/OpenAI server for tests and benches.
 //! - `runtime`: wiring a config into a ready runtime (router, runner, actors).
+//! - `serve`: `beamclaw up`: store, mesh, runtime and gateway of one node, the gateway service
+//!   over the mesh, and the orderly drain on SIGTERM.
 //!
-//! Must not know: the mesh's internals (it talks to the agent runtime through `agent` ports),
-//! the gateway's wire protocol.
+//! Must not know: the mesh core's internals (`serve` talks to it through the driver's handle and
+//! the runtime through `agent` ports), the gateway's wire protocol.
 
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod mock_llm;
 pub mod provider;
 pub mod runtime;
+pub mod serve;
 pub mod tools;

@@ -1,9 +1,11 @@
 //! The `beamclaw` command line: parses arguments and dispatches into the library's modules.
 
-use beamclaw::config::{self, ConfigSource};
+use beamclaw::cli::{self, DevicesAction};
+use beamclaw::config::{self, ConfigSource, LoadedConfig};
 use beamclaw::mock_llm;
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use beamclaw::serve::{self, UpOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Exit status for an invalid config (EX_CONFIG, as OpenClaw uses).
@@ -20,14 +22,70 @@ struct Cli {
     #[arg(long, global = true, env = "BEAMCLAW_HOME")]
     data_dir: Option<PathBuf>,
     /// The config file (default: beamclaw.json5 in the data directory).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "BEAMCLAW_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on stderr (`RUST_LOG` sets the level, default info).
+    #[arg(long, global = true, value_enum, env = "BEAMCLAW_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Start a node: the gateway on 127.0.0.1:18789 and the mesh next to it, with embedded
+    /// defaults (the offline provider unless a model is configured).
+    Up {
+        /// Gateway address (HTTP and WebSocket).
+        #[arg(long, env = "BEAMCLAW_LISTEN")]
+        listen: Option<String>,
+        /// Mesh address (QUIC); default: the gateway's port + 1.
+        #[arg(long, env = "BEAMCLAW_MESH_LISTEN")]
+        mesh_listen: Option<String>,
+        /// Join a cluster through these mesh addresses (comma-separated host:port).
+        #[arg(long, env = "BEAMCLAW_JOIN", value_delimiter = ',')]
+        join: Vec<String>,
+        /// This node's name in status and presence.
+        #[arg(long, env = "BEAMCLAW_NODE_NAME")]
+        node_name: Option<String>,
+        /// Find peers on the LAN (`mdns`).
+        #[arg(long, env = "BEAMCLAW_DISCOVER")]
+        discover: Option<String>,
+    },
+    /// Send a message to a running node and stream the reply.
+    Chat {
+        message: String,
+        /// The session (default: the main session of the default agent).
+        #[arg(long, default_value = "agent:main:main")]
+        session: String,
+        /// The gateway (default: ws://127.0.0.1:<gateway.port>).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Show a running node's view of the cluster: members, sessions, owners, sync.
+    Status {
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Device pairing (read and changed in the data directory, while the node runs or not).
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Development helpers.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
     /// Work with the config file.
     Config {
         #[command(subcommand)]
@@ -45,6 +103,28 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum DevicesCommand {
+    /// Pending requests and paired devices.
+    List,
+    /// Approve a pending request (its request id).
+    Approve { request_id: String },
+    /// Reject a pending request (its request id).
+    Reject { request_id: String },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Start a local cluster on loopback; Ctrl-C drains every node.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Gateway port of the first node; node i uses base + 10*i (mesh: +1).
+        #[arg(long, default_value_t = 18789)]
+        base_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Check the config: prints OK, or every problem with its key path.
     Validate,
@@ -52,22 +132,110 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
+    let (data_dir, config_file) = (cli.data_dir.as_deref(), cli.config.as_deref());
     match cli.command {
-        Command::Config { command: ConfigCommand::Validate } => {
-            validate(cli.data_dir.as_deref(), cli.config.as_deref())
-        }
+        Command::Config { command: ConfigCommand::Validate } => validate(data_dir, config_file),
         Command::MockLlm { listen, script } => mock(&listen, script.as_deref()),
+        Command::Up { listen, mesh_listen, join, node_name, discover } => {
+            let Some(loaded) = load(data_dir, config_file) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let discover_mdns = match discover.as_deref() {
+                None => false,
+                Some("mdns") => true,
+                Some(other) => {
+                    eprintln!("--discover {other:?} is not supported; the only method is mdns");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let opts = UpOptions { listen, mesh_listen, join, node_name, discover_mdns };
+            run_async(async move { serve::up(loaded, opts).await.map_err(|e| e.to_string()) })
+        }
+        Command::Chat { message, session, url } => {
+            let Some(loaded) = load(data_dir, config_file) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let (url, creds) = cli::target(&loaded, url);
+            run_async(async move {
+                cli::chat(&url, &creds, &session, &message).await.map_err(|e| e.to_string())
+            })
+        }
+        Command::Status { url, json } => {
+            let Some(loaded) = load(data_dir, config_file) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let (url, creds) = cli::target(&loaded, url);
+            run_async(
+                async move { cli::status(&url, &creds, json).await.map_err(|e| e.to_string()) },
+            )
+        }
+        Command::Devices { command } => {
+            let Some(loaded) = load(data_dir, config_file) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let action = match command {
+                DevicesCommand::List => DevicesAction::List,
+                DevicesCommand::Approve { request_id } => DevicesAction::Approve(request_id),
+                DevicesCommand::Reject { request_id } => DevicesAction::Reject(request_id),
+            };
+            report(cli::devices(&loaded.data_dir, action))
+        }
+        Command::Dev { command: DevCommand::Cluster { nodes, base_port } } => {
+            let Some(loaded) = load(data_dir, config_file) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let root = loaded.data_dir.join("dev-cluster");
+            let secret = loaded.config.mesh.cluster_secret.as_ref().map(|s| s.expose().to_string());
+            run_async(cli::dev_cluster(nodes, base_port, root, secret))
+        }
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
 }
 
-fn validate(data_dir: Option<&std::path::Path>, file: Option<&std::path::Path>) -> ExitCode {
+/// Loads the config, printing every problem on failure.
+fn load(data_dir: Option<&Path>, file: Option<&Path>) -> Option<LoadedConfig> {
+    match ConfigSource::locate(data_dir, file).and_then(|source| config::load(&source)) {
+        Ok(loaded) => Some(loaded),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    beamclaw::provider::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    report(runtime.block_on(fut))
+}
+
+fn validate(data_dir: Option<&Path>, file: Option<&Path>) -> ExitCode {
     let result = ConfigSource::locate(data_dir, file).and_then(|source| config::load(&source));
     match result {
         Ok(loaded) => {
@@ -84,7 +252,7 @@ fn validate(data_dir: Option<&std::path::Path>, file: Option<&std::path::Path>) 
     }
 }
 
-fn mock(listen: &str, script: Option<&std::path::Path>) -> ExitCode {
+fn mock(listen: &str, script: Option<&Path>) -> ExitCode {
     let responses = match script.map(mock_llm::read_script).transpose() {
         Ok(r) => r.unwrap_or_default(),
         Err(e) => {
@@ -92,23 +260,13 @@ fn mock(listen: &str, script: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served = runtime.block_on(mock_llm::serve(listen, responses, |addr| {
-        // Tests read this line to learn the port.
-        println!("mock-llm listening on http://{addr}");
-        tracing::info!(%addr, "mock LLM listening");
-    }));
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_async(async move {
+        mock_llm::serve(listen, responses, |addr| {
+            // Tests read this line to learn the port.
+            println!("mock-llm listening on http://{addr}");
+            tracing::info!(%addr, "mock LLM listening");
+        })
+        .await
+        .map_err(|e| e.to_string())
+    })
 }

@@ -38,6 +38,20 @@ pub enum SwimPreset {
     Wan,
 }
 
+/// How many times each membership update is piggybacked: memberlist's rule,
+/// `RETRANSMIT_MULT * ceil(log10(n + 1))`. foca's presets use `4 * log10(n + 1)` without the
+/// ceiling, which is 1 or 2 below ten members: an update then reaches one or two members and
+/// the rest learn of a new member only at the next periodic announce (30 s), while they route
+/// and claim sessions with a view that misses it.
+fn max_transmissions(cluster_size: usize) -> std::num::NonZeroU8 {
+    let digits = ((cluster_size as f64) + 1.0).log10().ceil().max(1.0);
+    let tx = (RETRANSMIT_MULT * digits).min(f64::from(u8::MAX));
+    std::num::NonZeroU8::new(tx as u8).unwrap_or(std::num::NonZeroU8::MIN)
+}
+
+/// memberlist's retransmit multiplier (LAN and WAN).
+const RETRANSMIT_MULT: f64 = 4.0;
+
 pub(crate) fn swim_config(preset: SwimPreset, cluster_size: usize) -> foca::Config {
     let size = NonZeroU32::new(u32::try_from(cluster_size.max(1)).unwrap_or(u32::MAX))
         .unwrap_or(NonZeroU32::MIN);
@@ -46,6 +60,7 @@ pub(crate) fn swim_config(preset: SwimPreset, cluster_size: usize) -> foca::Conf
         SwimPreset::Wan => foca::Config::new_wan(size),
     };
     config.max_packet_size = NonZeroUsize::new(SWIM_PACKET_BYTES_MAX).unwrap_or(NonZeroUsize::MIN);
+    config.max_transmissions = max_transmissions(cluster_size).max(config.max_transmissions);
     // Members on the other side of a healed partition only find each other again by announcing
     // to members they consider down; foca's presets do that every 65 s (LAN) or 125 s (WAN),
     // far longer than the partition-heal convergence we promise. Do it every few seconds.

@@ -584,6 +584,16 @@ impl<D: Disk> Node<D> {
             MembershipChange::Up(m) => {
                 tracing::info!(member = ?m, "member up");
                 self.out.push(Effect::Deliver(Event::MemberUp(m.clone())));
+                if self.cfg.seeds.contains(&m.addr) {
+                    // A seed answered our hello by announcing itself, so we only know the seed.
+                    // Now that we know its identity, announce to it: its feed tells us the
+                    // other members at once, instead of one at a time as each happens to probe
+                    // us (seconds per member), while placement runs on an incomplete view.
+                    match self.members.announce(m.clone()) {
+                        Ok(out) => self.apply_swim(out),
+                        Err(e) => tracing::debug!(error = %e, "announce to a seed failed"),
+                    }
+                }
                 self.placement_round();
             }
             MembershipChange::Down(m) => {
@@ -620,6 +630,9 @@ impl<D: Disk> Node<D> {
                 self.out.push(Effect::Deliver(Event::Membership { active: false }));
                 let at = self.now + self.cfg.timing.reannounce_ms;
                 self.set_timer(at, Timer::Reannounce);
+            }
+            MembershipChange::Defunct if self.left => {
+                tracing::info!("left the cluster");
             }
             MembershipChange::Defunct => {
                 tracing::error!("this node was declared down and could not renew its identity");

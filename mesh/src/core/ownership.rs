@@ -226,18 +226,31 @@ impl<D: Disk> Node<D> {
         self.start_unanswered(session);
     }
 
+    /// Whether `owner` counts as down, so that its sessions may be taken over: SWIM declared it
+    /// down, or it is an owner this process has never seen alive and we have been a member
+    /// for `resume_grace_ms` (by then the cluster we joined has told us every live member).
+    /// An owner we merely do not know yet is not down: right after a (re)start, or right
+    /// after it joined, our view of the members is incomplete, and claiming its sessions would
+    /// abort its running turns for nothing.
+    pub(crate) fn owner_down(&self, owner: &NodeId) -> bool {
+        if *owner == self.cfg.node || self.members.is_alive(owner) {
+            return false;
+        }
+        if self.members.down().contains_key(owner) {
+            return true;
+        }
+        let grace = self.cfg.timing.resume_grace_ms;
+        self.joined_at.is_some_and(|t| self.now >= t + grace)
+    }
+
     /// Takeover of sessions whose owner is down, and rebalancing of ours.
     pub(crate) fn placement_round(&mut self) {
         if self.left {
             return;
         }
         let me = self.cfg.node;
-        let down_owners: Vec<NodeId> = self
-            .by_owner
-            .keys()
-            .copied()
-            .filter(|n| *n != me && !self.members.is_alive(n))
-            .collect();
+        let down_owners: Vec<NodeId> =
+            self.by_owner.keys().copied().filter(|n| self.owner_down(n)).collect();
         let mut takeovers = 0;
         for owner in down_owners {
             let sessions: Vec<SessionKey> =
@@ -626,11 +639,11 @@ impl<D: Disk> Node<D> {
         let Some(d) = self.drain.as_ref() else { return };
         let (handed_over, left_behind) = (d.handed_over, d.left_behind);
         tracing::info!(handed_over, left_behind, "drain finished; leaving the cluster");
+        self.left = true;
         match self.members.leave() {
             Ok(out) => self.apply_swim(out),
             Err(e) => tracing::warn!(error = %e, "leave failed"),
         }
-        self.left = true;
         self.deliver(Event::Drained { handed_over, left_behind });
     }
 

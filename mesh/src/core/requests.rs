@@ -186,6 +186,10 @@ impl<D: Disk> Node<D> {
                 }
             } else if self.members.is_alive(&e.node) {
                 return Route::Remote(e.node);
+            } else if !self.owner_down(&e.node) {
+                // An owner we do not know yet (we just joined, or it did): not down, so not
+                // ours to take; the request is retried once our view has settled.
+                return Route::Unavailable(format!("owner {} not known yet", e.node.short()));
             }
         }
         match self.candidate_owner(session) {

@@ -15,12 +15,13 @@
 //! no request arrived for `debounce`; a request to an idle actor starts at once. An actor with
 //! nothing to do for [`ACTOR_IDLE_MS`] stops and the next request starts a new one.
 
-use super::turn::{StartTurn, SteerInbox, TurnJob, TurnOutcome, TurnRunner};
+use super::turn::{StartTurn, SteerInbox, StopKind, TurnJob, TurnOutcome, TurnRunner};
 use crate::config::{QueueDrop, QueueMode, QueueSettings};
 use beamclaw_crdt::SessionKey;
 use beamclaw_mesh::core::turn::TurnEvent;
 use futures::future::BoxFuture;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -47,6 +48,9 @@ struct ActorHandle {
     generation: u64,
     /// The running turn's cancellation, for `abort`.
     running: RunningSlot,
+    /// Set while the session is being handed to another node: the running turn stops as a
+    /// checkpoint and queued requests are dropped (the next owner starts them).
+    handoff: Arc<AtomicBool>,
 }
 
 type RunningSlot = Arc<Mutex<Option<CancellationToken>>>;
@@ -89,6 +93,8 @@ impl SessionActors {
         let mut actors = self.lock();
         let mut turn = turn;
         if let Some(handle) = actors.get(&session) {
+            // A new turn means this node owns the session (again).
+            handle.handoff.store(false, Ordering::SeqCst);
             match handle.tx.try_send(turn) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -101,7 +107,9 @@ impl SessionActors {
         let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
         let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let running = RunningSlot::default();
+        let handoff = Arc::new(AtomicBool::new(false));
         let actor = Actor {
+            handoff: handoff.clone(),
             session: session.clone(),
             generation,
             owner: Arc::downgrade(self),
@@ -118,7 +126,7 @@ impl SessionActors {
         if tx.try_send(turn).is_err() {
             return Err(SubmitError::MailboxFull { session });
         }
-        actors.insert(session.clone(), ActorHandle { tx, generation, running });
+        actors.insert(session.clone(), ActorHandle { tx, generation, running, handoff });
         tracing::debug!(session = %session, "session actor started");
         tokio::spawn(actor.run());
         Ok(())
@@ -126,8 +134,25 @@ impl SessionActors {
 
     /// Aborts the session's running turn (OpenClaw `chat.abort`). False when none runs.
     pub fn abort(&self, session: &SessionKey) -> bool {
+        self.stop(session, StopKind::Client)
+    }
+
+    /// Whether a turn of `session` is running on this node.
+    pub fn is_running(&self, session: &SessionKey) -> bool {
+        self.lock()
+            .get(session)
+            .is_some_and(|h| h.running.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+    }
+
+    /// Stops the session's running turn. For a handoff, what it streamed stays as a checkpoint
+    /// and requests queued behind it are dropped (the next owner starts them). False when no
+    /// turn runs.
+    pub fn stop(&self, session: &SessionKey, kind: StopKind) -> bool {
         let actors = self.lock();
         let Some(handle) = actors.get(session) else { return false };
+        if kind == StopKind::Handoff {
+            handle.handoff.store(true, Ordering::SeqCst);
+        }
         let running = handle.running.lock().unwrap_or_else(|p| p.into_inner());
         match running.as_ref() {
             Some(cancel) => {
@@ -153,6 +178,7 @@ struct Actor {
     idle: Duration,
     rx: mpsc::Receiver<StartTurn>,
     running: RunningSlot,
+    handoff: Arc<AtomicBool>,
     pending: VecDeque<StartTurn>,
     /// One line per request dropped by `summarize`, for the next turn.
     dropped: Vec<String>,
@@ -185,6 +211,10 @@ impl Actor {
                         },
                     }
                 }
+                None if !self.pending.is_empty() && self.handoff.load(Ordering::SeqCst) => {
+                    tracing::info!(session = %self.session, dropped = self.pending.len(), "session handed over: queued requests left to the next owner");
+                    self.pending.clear();
+                }
                 None if !self.pending.is_empty() => {
                     // An interrupting message has already waited for the turn it stopped.
                     let start_at = match self.settings.mode {
@@ -204,7 +234,7 @@ impl Actor {
                         input = self.rx.recv() => match input {
                             Some(t) => {
                                 self.last_arrival = Instant::now();
-                                running = Some(self.start(TurnJob { turn: t, absorbed: Vec::new(), note: None }));
+                                running = Some(self.start(TurnJob { turn: t, absorbed: Vec::new(), note: None, handoff: Arc::default() }));
                             }
                             None => return,
                         },
@@ -308,17 +338,18 @@ impl Actor {
                     first.epoch = first.epoch.max(other.epoch);
                     first.messages.extend(other.messages);
                 }
-                TurnJob { turn: first, absorbed, note }
+                TurnJob { turn: first, absorbed, note, handoff: Arc::default() }
             }
             _ => match self.pending.pop_front() {
-                Some(turn) => TurnJob { turn, absorbed: Vec::new(), note },
+                Some(turn) => TurnJob { turn, absorbed: Vec::new(), note, handoff: Arc::default() },
                 None => unreachable!("start_next is only called with requests pending"),
             },
         };
         self.start(job)
     }
 
-    fn start(&mut self, job: TurnJob) -> Running {
+    fn start(&mut self, mut job: TurnJob) -> Running {
+        job.handoff = self.handoff.clone();
         let cancel = CancellationToken::new();
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
         let runner = self.runner.clone();

@@ -19,6 +19,6 @@ pub use ports::{
 };
 pub use prompt::{PromptBuilder, WORKSPACE_FILE_BYTES_MAX, WORKSPACE_FILES};
 pub use turn::{
-    CHECKPOINT_BYTES, CHECKPOINT_INTERVAL_MS, StartTurn, SteerInbox, TOOL_ITERATIONS_MAX,
+    CHECKPOINT_BYTES, CHECKPOINT_INTERVAL_MS, StartTurn, SteerInbox, StopKind, TOOL_ITERATIONS_MAX,
     TurnOutcome, TurnRunner,
 };

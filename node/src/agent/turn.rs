@@ -80,6 +80,20 @@ pub(crate) struct TurnJob {
     pub(crate) turn: StartTurn,
     pub(crate) absorbed: Vec<RunRef>,
     pub(crate) note: Option<String>,
+    /// Set before the cancel when the session is being handed to another node: the turn then
+    /// keeps what it streamed as a checkpoint instead of ending it as an aborted answer, so the
+    /// next owner's run replaces it.
+    pub(crate) handoff: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Why a running turn is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// A client aborted it: what was streamed is kept as the (aborted) answer.
+    Client,
+    /// The session moves to another node (handoff, drain, stale epoch): what was streamed is kept
+    /// as a checkpoint and the next owner runs the turn again.
+    Handoff,
 }
 
 /// Runs turns. One per node, shared by every session actor.
@@ -96,6 +110,7 @@ pub struct TurnRunner {
 enum Ending {
     Final(StopReason),
     Aborted,
+    Handoff,
     Timeout,
     Stale(StaleEpoch),
     Provider(ProviderError),
@@ -169,7 +184,7 @@ impl TurnRunner {
 
     /// Runs one turn to its end (no steering).
     pub async fn run(&self, turn: StartTurn, cancel: CancellationToken) -> TurnOutcome {
-        let job = TurnJob { turn, absorbed: Vec::new(), note: None };
+        let job = TurnJob { turn, absorbed: Vec::new(), note: None, handoff: Arc::default() };
         self.run_job(job, SteerInbox::default(), cancel).await
     }
 
@@ -189,7 +204,7 @@ impl TurnRunner {
         steer: SteerInbox,
         cancel: CancellationToken,
     ) -> TurnOutcome {
-        let TurnJob { turn, absorbed, note } = job;
+        let TurnJob { turn, absorbed, note, handoff } = job;
         let run = turn.run_ref();
         self.emit_all(&run, &absorbed, TurnEvent::Started { at_ms: now_ms() });
         let Some(agent) = self.agent_for(&turn.session).cloned() else {
@@ -226,7 +241,9 @@ impl TurnRunner {
         let tool_cancel = cancel.child_token();
         let ending = tokio::select! {
             biased;
-            _ = cancel.cancelled() => Ending::Aborted,
+            _ = cancel.cancelled() => {
+                if handoff.load(std::sync::atomic::Ordering::SeqCst) { Ending::Handoff } else { Ending::Aborted }
+            }
             _ = tokio::time::sleep(agent.timeout) => Ending::Timeout,
             ending = self.body(&turn, &agent, &mut state, &steer, &tool_cancel) => ending,
         };
@@ -546,6 +563,28 @@ impl TurnRunner {
                     format!("the turn did not finish within {} s", agent.timeout.as_secs()),
                 )),
             ),
+            Ending::Handoff => {
+                // Another node takes the session over: keep what was streamed as a checkpoint
+                // (the successor's run of this turn replaces it) and answer nothing.
+                let partial_text = state.text.clone();
+                if !partial_text.is_empty() {
+                    let mut partial = self.assistant_message(turn, &state, StopReason::Aborted);
+                    partial.partial = true;
+                    partial.reply_to = Vec::new();
+                    if let Err(e) =
+                        self.ports.output.checkpoint(&turn.session, turn.epoch, partial).await
+                    {
+                        tracing::info!(error = %e, "handoff checkpoint not written");
+                    }
+                }
+                tracing::info!("turn stopped for a handoff");
+                self.emit_all(
+                    &run,
+                    &absorbed,
+                    TurnEvent::Aborted { partial_text: partial_text.clone() },
+                );
+                return TurnOutcome::Aborted { partial_text };
+            }
             Ending::Stale(stale) => {
                 // Not the owner any more: write nothing, the new owner carries on.
                 tracing::warn!(error = %stale, "turn stopped: stale epoch");
