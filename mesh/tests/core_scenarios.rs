@@ -179,3 +179,19 @@ fn both_sides_of_a_partition_keep_working_and_merge_when_it_heals() {
     // After the heal exactly one owner remains.
     owner_index(&mut h, &s);
 }
+
+#[test]
+fn a_broadcast_reaches_every_live_node_once() {
+    let mut h = Harness::new(3);
+    h.run_for(3_000);
+    h.broadcast(1, "approvals", b"hello".to_vec());
+    h.run_for(100);
+    for i in 0..3 {
+        let got: Vec<_> = h
+            .delivered
+            .iter()
+            .filter(|(n, e)| *n == i && matches!(e, beamclaw_mesh::core::Event::Broadcast { topic, payload, .. } if topic == "approvals" && payload == b"hello"))
+            .collect();
+        assert_eq!(got.len(), 1, "node {i} got {} copies", got.len());
+    }
+}

@@ -76,6 +76,13 @@ pub enum Command {
     Drain {
         deadline: Millis,
     },
+    /// Tell every live node (this one included) something small and ephemeral: delivered as
+    /// `Event::Broadcast` on each, best effort (a node down at the time misses it; durable state
+    /// belongs in a session document).
+    Broadcast {
+        topic: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// What the runtime reports about turns the core started.
@@ -152,6 +159,12 @@ pub enum Event {
     Drained {
         handed_over: usize,
         left_behind: usize,
+    },
+    /// A broadcast from `from` (see `Command::Broadcast`).
+    Broadcast {
+        from: NodeId,
+        topic: String,
+        payload: Vec<u8>,
     },
 }
 

@@ -398,6 +398,7 @@ impl<D: Disk> Node<D> {
                 }
             }
             Command::Drain { deadline } => self.begin_drain(deadline),
+            Command::Broadcast { topic, payload } => self.broadcast(topic, payload),
         }
     }
 
@@ -535,7 +536,30 @@ impl<D: Disk> Node<D> {
                 self.handoff_refused(from, session, epoch, reason)
             }
             Msg::Hello { member } => self.hello(member),
+            Msg::Broadcast { topic, payload } => {
+                if topic.len() <= wire::BROADCAST_TOPIC_BYTES_MAX
+                    && payload.len() <= wire::BROADCAST_PAYLOAD_BYTES_MAX
+                {
+                    self.deliver(Event::Broadcast { from, topic, payload });
+                }
+            }
         }
+    }
+
+    /// Sends a broadcast to every live member and delivers it here too.
+    fn broadcast(&mut self, topic: String, payload: Vec<u8>) {
+        if topic.len() > wire::BROADCAST_TOPIC_BYTES_MAX
+            || payload.len() > wire::BROADCAST_PAYLOAD_BYTES_MAX
+        {
+            tracing::warn!(bytes = payload.len(), "broadcast over its limit dropped");
+            return;
+        }
+        let peers: Vec<NodeId> = self.members.alive().keys().copied().collect();
+        for peer in peers {
+            self.send(peer, Msg::Broadcast { topic: topic.clone(), payload: payload.clone() });
+        }
+        let from = self.cfg.node;
+        self.deliver(Event::Broadcast { from, topic, payload });
     }
 
     /// A node joining through us: announce ourselves to it, so both learn each other.

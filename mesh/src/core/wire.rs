@@ -35,6 +35,10 @@ pub const SWIM_PACKET_BYTES_MAX: usize = DATAGRAM_BYTES_MAX - SWIM_ENVELOPE_BYTE
 /// Entries in one anti-entropy digest message.
 pub const DIGEST_ENTRIES_MAX: usize = 512;
 
+/// Largest broadcast payload, in bytes, and longest topic.
+pub const BROADCAST_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+pub const BROADCAST_TOPIC_BYTES_MAX: usize = 128;
+
 /// Hops a request may be forwarded before it is refused (owner records still converging).
 pub const FORWARD_HOPS_MAX: u8 = 4;
 
@@ -146,6 +150,11 @@ pub enum Msg {
     Hello {
         member: Member,
     },
+    /// A small ephemeral message for every node (`Command::Broadcast`).
+    Broadcast {
+        topic: String,
+        payload: Vec<u8>,
+    },
 }
 
 impl Msg {
@@ -166,6 +175,7 @@ impl Msg {
             Msg::HandoffAccept { .. } => "handoff_accept",
             Msg::HandoffRefuse { .. } => "handoff_refuse",
             Msg::Hello { .. } => "hello",
+            Msg::Broadcast { .. } => "broadcast",
         }
     }
 }

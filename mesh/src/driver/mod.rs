@@ -261,6 +261,16 @@ impl MeshHandle {
         }
     }
 
+    /// Tells every live node (this one included) something small and ephemeral; each delivers
+    /// it as `Event::Broadcast`.
+    pub async fn broadcast(
+        &self,
+        topic: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> Result<(), CoreStopped> {
+        self.input(Input::Command(Command::Broadcast { topic: topic.into(), payload })).await
+    }
+
     /// The synchronous epoch fence.
     pub fn fence(&self) -> &EpochFence {
         &self.fence

@@ -365,6 +365,10 @@ impl Harness {
         self.feed(i, Input::Command(Command::Drain { deadline }));
     }
 
+    pub fn broadcast(&mut self, i: usize, topic: &str, payload: Vec<u8>) {
+        self.feed(i, Input::Command(Command::Broadcast { topic: topic.into(), payload }));
+    }
+
     pub fn drained(&self, i: usize) -> bool {
         self.delivered.iter().any(|(n, e)| *n == i && matches!(e, Event::Drained { .. }))
     }
