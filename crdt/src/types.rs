@@ -74,7 +74,10 @@ impl fmt::Display for SessionKey {
 pub enum PartId {
     Manifest,
     /// Messages `[index * SEGMENT_MESSAGES_MAX, ...)` of the transcript `session_id`.
-    Segment { session_id: String, index: u32 },
+    Segment {
+        session_id: String,
+        index: u32,
+    },
 }
 
 impl fmt::Display for PartId {

@@ -48,6 +48,10 @@ enum Command {
         /// Mesh address (QUIC); default: the gateway's port + 1.
         #[arg(long, env = "BEAMCLAW_MESH_LISTEN")]
         mesh_listen: Option<String>,
+        /// The mesh address peers should dial (default: the listen address, or the machine's
+        /// routable address when listening on 0.0.0.0).
+        #[arg(long, env = "BEAMCLAW_MESH_ADVERTISE")]
+        mesh_advertise: Option<String>,
         /// Join a cluster through these mesh addresses (comma-separated host:port).
         #[arg(long, env = "BEAMCLAW_JOIN", value_delimiter = ',')]
         join: Vec<String>,
@@ -137,7 +141,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config { command: ConfigCommand::Validate } => validate(data_dir, config_file),
         Command::MockLlm { listen, script } => mock(&listen, script.as_deref()),
-        Command::Up { listen, mesh_listen, join, node_name, discover } => {
+        Command::Up { listen, mesh_listen, mesh_advertise, join, node_name, discover } => {
             let Some(loaded) = load(data_dir, config_file) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
@@ -149,7 +153,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let opts = UpOptions { listen, mesh_listen, join, node_name, discover_mdns };
+            let opts =
+                UpOptions { listen, mesh_listen, mesh_advertise, join, node_name, discover_mdns };
             run_async(async move { serve::up(loaded, opts).await.map_err(|e| e.to_string()) })
         }
         Command::Chat { message, session, url } => {

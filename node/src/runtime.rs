@@ -85,17 +85,18 @@ impl AgentRuntime {
             }
             agents.push(agent);
         }
-        let runner = Arc::new(TurnRunner::new(
-            router.clone(),
-            Arc::new(tools.with_policy(
-                config.config.gateway.tools.allow.clone(),
-                config.config.gateway.tools.deny.clone(),
-            )),
-            agents,
-            config.default_agent_id(),
-            ports,
-            node,
-        ));
+        let runner = Arc::new(
+            TurnRunner::new(
+                router.clone(),
+                // The agents' tool policy is `tools.*` (gateway.tools is the HTTP /tools/invoke list).
+                Arc::new(tools.with_config_policy(config)),
+                agents,
+                config.default_agent_id(),
+                ports,
+                node,
+            )
+            .with_skills(crate::skills::SkillSettings::from_loaded(config)),
+        );
         let actors = SessionActors::new(runner.clone(), config.queue_settings());
         Ok(AgentRuntime { router, runner, actors, stats })
     }

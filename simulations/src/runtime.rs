@@ -69,11 +69,29 @@ pub enum Step {
 
 impl Runtime {
     /// Plans a turn; returns its key and when its first step runs.
-    pub fn start(&mut self, rng: &mut SimRng, run: RunRef, input_id: String, exec: u64) -> (u64, Micros) {
+    pub fn start(
+        &mut self,
+        rng: &mut SimRng,
+        run: RunRef,
+        input_id: String,
+        exec: u64,
+    ) -> (u64, Micros) {
         let key = self.next;
         self.next += 1;
         let calls = between(rng, TURN_CALLS_MIN, TURN_CALLS_MAX);
-        self.turns.insert(key, Turn { run, input_id, exec, calls_left: calls, calls_done: 0, step: 0, drain_deadline: None, wrapping_up: false });
+        self.turns.insert(
+            key,
+            Turn {
+                run,
+                input_id,
+                exec,
+                calls_left: calls,
+                calls_done: 0,
+                step: 0,
+                drain_deadline: None,
+                wrapping_up: false,
+            },
+        );
         (key, between(rng, 0, START_MS_MAX * US_PER_MS))
     }
 
@@ -127,7 +145,13 @@ impl Runtime {
     /// remaining calls fit before the deadline runs on; one that cannot finish in time wraps
     /// up now (after [`DRAIN_FINISH_MS_MIN`]..[`DRAIN_FINISH_MS_MAX`]). Returns the turns to
     /// wrap up: key, step number and delay.
-    pub fn drain(&mut self, rng: &mut SimRng, session: &SessionKey, deadline: u64, node_ms: u64) -> Vec<(u64, u64, Micros)> {
+    pub fn drain(
+        &mut self,
+        rng: &mut SimRng,
+        session: &SessionKey,
+        deadline: u64,
+        node_ms: u64,
+    ) -> Vec<(u64, u64, Micros)> {
         let left_ms = deadline.saturating_sub(node_ms);
         let mut out = Vec::new();
         for (key, t) in self.turns.iter_mut().filter(|(_, t)| t.run.session == *session) {
@@ -155,7 +179,10 @@ pub fn reply_id(input_id: &str) -> String {
 
 /// The streamed text of call `n` of a turn.
 pub fn delta(turn: &Turn, n: u64) -> TurnInput {
-    TurnInput::Event { run: turn.run.clone(), event: TurnEvent::AssistantDelta { text: format!("part {n} of {}. ", turn.input_id) } }
+    TurnInput::Event {
+        run: turn.run.clone(),
+        event: TurnEvent::AssistantDelta { text: format!("part {n} of {}. ", turn.input_id) },
+    }
 }
 
 fn reply(turn: &Turn, at_ms: i64, partial: bool, stop: StopReason) -> Message {
@@ -174,16 +201,33 @@ fn reply(turn: &Turn, at_ms: i64, partial: bool, stop: StopReason) -> Message {
 }
 
 fn usage(turn: &Turn) -> Usage {
-    Usage { input: 100 * turn.calls_done, output: 20 * turn.calls_done, cache_read: 0, cache_write: 0 }
+    Usage {
+        input: 100 * turn.calls_done,
+        output: 20 * turn.calls_done,
+        cache_read: 0,
+        cache_write: 0,
+    }
 }
 
 /// A partial checkpoint of the reply so far.
 pub fn checkpoint(turn: &Turn, at_ms: i64) -> TurnInput {
-    TurnInput::Output { run: turn.run.clone(), messages: vec![reply(turn, at_ms, true, StopReason::Stop)], usage: Usage::default(), done: false, reply: None }
+    TurnInput::Output {
+        run: turn.run.clone(),
+        messages: vec![reply(turn, at_ms, true, StopReason::Stop)],
+        usage: Usage::default(),
+        done: false,
+        reply: None,
+    }
 }
 
 /// The final reply; `early` when a drain cut the turn short.
 pub fn final_output(turn: &Turn, at_ms: i64, early: bool) -> TurnInput {
     let stop = if early { StopReason::Length } else { StopReason::Stop };
-    TurnInput::Output { run: turn.run.clone(), messages: vec![reply(turn, at_ms, false, stop)], usage: usage(turn), done: true, reply: None }
+    TurnInput::Output {
+        run: turn.run.clone(),
+        messages: vec![reply(turn, at_ms, false, stop)],
+        usage: usage(turn),
+        done: true,
+        reply: None,
+    }
 }

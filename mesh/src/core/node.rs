@@ -706,13 +706,6 @@ impl<D: Disk> Node<D> {
         if max == 0 { 0 } else { self.rng.random_range(0..max) }
     }
 
-    /// A fresh id from the core's RNG (session ids): 32 hex digits.
-    pub(crate) fn fresh_id(&mut self) -> String {
-        use rand::RngExt;
-        let bytes: [u8; 16] = self.rng.random();
-        hex::encode(bytes)
-    }
-
     // ---- storage ----------------------------------------------------------------------------
 
     /// Adds a write to this step's batch.

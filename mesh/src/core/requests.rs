@@ -48,6 +48,19 @@ pub fn message_id_for(session: &SessionKey, idempotency_key: &str) -> String {
     format!("u:{}", &h.finalize().to_hex()[..32])
 }
 
+/// The id of a session's first transcript: derived from the key, so that two nodes creating
+/// the same session concurrently (one on each side of a partition, or a node whose view of the
+/// owner was stale) create the same transcript, and their messages merge into one
+/// conversation. With ids drawn at random, the two transcripts conflicted and the loser was
+/// archived, taking acknowledged messages out of the conversation. Later transcripts (reset)
+/// get the id the client chose.
+pub fn initial_session_id(session: &SessionKey) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"beamclaw.session-id.v1\0");
+    h.update(session.as_str().as_bytes());
+    h.finalize().to_hex()[..32].to_string()
+}
+
 fn validate(body: &RequestBody) -> Result<(), RequestError> {
     let invalid = |s: String| Err(RequestError::Invalid(s));
     match body {
@@ -303,7 +316,7 @@ impl<D: Disk> Node<D> {
         agent_id: &str,
         at_ms: i64,
     ) -> Result<(), RequestError> {
-        let session_id = self.fresh_id();
+        let session_id = initial_session_id(session);
         if self.hydrate(session)? {
             // A placeholder made for a replica's changes that never brought the manifest: this
             // node owns the session now and found nothing, so it starts it.
@@ -537,6 +550,15 @@ fn apply_op(doc: &mut SessionDoc, op: SessionOp) -> Result<(), RequestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_transcript_ids_are_the_same_on_every_node_and_distinct_per_session() {
+        let a = SessionKey::new("agent:main:a").unwrap();
+        let b = SessionKey::new("agent:main:b").unwrap();
+        assert_eq!(initial_session_id(&a), initial_session_id(&a));
+        assert_ne!(initial_session_id(&a), initial_session_id(&b));
+        assert_eq!(initial_session_id(&a).len(), 32);
+    }
 
     #[test]
     fn message_ids_are_stable_and_distinct_per_session_and_key() {

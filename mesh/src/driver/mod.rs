@@ -261,6 +261,11 @@ impl MeshHandle {
         }
     }
 
+    /// Joins (or re-joins) the cluster through these mesh addresses.
+    pub async fn join(&self, seeds: Vec<SocketAddr>) -> Result<(), CoreStopped> {
+        self.input(Input::Command(Command::Join { seeds })).await
+    }
+
     /// Tells every live node (this one included) something small and ephemeral; each delivers
     /// it as `Event::Broadcast`.
     pub async fn broadcast(

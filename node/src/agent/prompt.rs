@@ -2,10 +2,13 @@
 //! TOOLS.md, IDENTITY.md, USER.md, MEMORY.md) when present, each capped in size.
 //!
 //! Workspace files are re-read at most every [`PROMPT_CACHE_TTL_MS`], so edits take effect on a
-//! later turn without a file read on every turn.
+//! later turn without a file read on every turn. With skills configured
+//! ([`PromptBuilder::with_skills`]), the ready skills of the agent's workspace are listed by name,
+//! description and path (re-read at most every [`SKILLS_CACHE_TTL_MS`]).
 
 use crate::config::ResolvedAgent;
 use crate::provider::ToolDefinition;
+use crate::skills::SkillSettings;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,16 +21,40 @@ pub const WORKSPACE_FILES: [&str; 6] =
 pub const WORKSPACE_FILE_BYTES_MAX: usize = 20_000;
 /// How long the workspace files read for a prompt are reused.
 pub const PROMPT_CACHE_TTL_MS: u64 = 2_000;
+/// How long the skills section read for a workspace is reused.
+pub const SKILLS_CACHE_TTL_MS: u64 = 5_000;
 
 /// Reads workspace files and builds system prompts, caching the files per workspace.
 #[derive(Debug, Default)]
 pub struct PromptBuilder {
     cache: Mutex<HashMap<PathBuf, (Instant, String)>>,
+    skills: Option<SkillSettings>,
+    skills_cache: Mutex<HashMap<PathBuf, (Instant, String)>>,
 }
 
 impl PromptBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lists the ready skills of each agent's workspace in its prompts.
+    pub fn with_skills(mut self, settings: SkillSettings) -> Self {
+        self.skills = Some(settings);
+        self
+    }
+
+    fn skills_section(&self, workspace: &Path) -> String {
+        let Some(settings) = &self.skills else { return String::new() };
+        let ttl = Duration::from_millis(SKILLS_CACHE_TTL_MS);
+        let mut cache = self.skills_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, section)) = cache.get(workspace)
+            && at.elapsed() < ttl
+        {
+            return section.clone();
+        }
+        let section = crate::skills::load(workspace, settings).prompt_section();
+        cache.insert(workspace.to_path_buf(), (Instant::now(), section.clone()));
+        section
     }
 
     /// The system prompt for one turn of `agent` with these tools.
@@ -52,6 +79,7 @@ impl PromptBuilder {
                 prompt.push_str(&format!("- {}: {}\n", tool.name, tool.description));
             }
         }
+        prompt.push_str(&self.skills_section(&agent.workspace));
         prompt.push_str(&format!(
             "\n## Workspace\nYour workspace directory is {}.\n",
             agent.workspace.display()

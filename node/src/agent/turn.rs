@@ -164,6 +164,12 @@ impl TurnRunner {
         }
     }
 
+    /// Lists the ready skills of each agent's workspace in the system prompt.
+    pub fn with_skills(mut self, settings: crate::skills::SkillSettings) -> Self {
+        self.prompts = PromptBuilder::new().with_skills(settings);
+        self
+    }
+
     pub fn ports(&self) -> &RuntimePorts {
         &self.ports
     }
@@ -259,7 +265,7 @@ impl TurnRunner {
         steer: &SteerInbox,
         cancel: &CancellationToken,
     ) -> Ending {
-        let tools = self.tools.definitions();
+        let tools = self.tools.definitions_for(&agent.id);
         let system = self.prompts.build(agent, &tools);
         let context = RequestContext {
             session: turn.session.to_string(),
@@ -442,11 +448,11 @@ impl TurnRunner {
                     args: args_text,
                 },
             );
-            let output = match (args, self.tools.get(&name)) {
+            let output = match (args, self.tools.get_for(&agent.id, &name)) {
                 (Err(problem), _) => ToolOutput::error(problem),
                 (Ok(_), None) => ToolOutput::error(format!(
                     "there is no tool named {name:?}; available tools: {}",
-                    self.tools.names().join(", ")
+                    self.tools.names_for(&agent.id).join(", ")
                 )),
                 (Ok(args), Some(tool)) => {
                     let span = tracing::info_span!("tool", tool = %name, tool_call_id = %id);

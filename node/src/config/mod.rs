@@ -10,10 +10,12 @@
 mod model;
 pub(crate) mod schema;
 mod secret;
+pub mod tools;
 
 pub use model::{
     AgentEntry, AgentSettings, ApiKind, AuthProfileConfig, Config, Identity, ModelEntry,
-    ModelSetting, ProviderConfig, QueueDrop, QueueMode, ThinkingLevel,
+    ModelSetting, ProviderConfig, QueueDrop, QueueMode, SkillEntryConfig, SkillsConfig,
+    SkillsLoadConfig, SubagentsConfig, ThinkingLevel,
 };
 pub use secret::Secret;
 
@@ -665,6 +667,7 @@ fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
     if config.messages.queue.cap == Some(0) {
         issue("messages.queue.cap".into(), "must be at least 1".into());
     }
+    issues.extend(tools::issues(config));
     issues
 }
 

@@ -17,6 +17,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub mesh: MeshConfig,
     pub logging: LoggingConfig,
+    pub tools: super::tools::ToolsConfig,
+    pub skills: SkillsConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -84,6 +86,8 @@ pub struct AgentSettings {
     pub max_concurrent: Option<u32>,
     pub identity: Option<Identity>,
     pub thinking_default: Option<ThinkingLevel>,
+    pub tools: Option<super::tools::AgentToolsConfig>,
+    pub subagents: Option<SubagentsConfig>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -99,6 +103,8 @@ pub struct AgentEntry {
     pub max_concurrent: Option<u32>,
     pub identity: Option<Identity>,
     pub thinking_default: Option<ThinkingLevel>,
+    pub tools: Option<super::tools::AgentToolsConfig>,
+    pub subagents: Option<SubagentsConfig>,
 }
 
 /// `model: "provider/model"` or `model: {primary, fallbacks}`.
@@ -247,6 +253,9 @@ pub struct ToolPolicyConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct MeshConfig {
     pub listen: Option<String>,
+    /// The mesh address peers should dial (default: the listen address, or a routable local
+    /// address when listening on 0.0.0.0).
+    pub advertise: Option<String>,
     pub join: Vec<String>,
     pub node_name: Option<String>,
     pub cluster_secret: Option<Secret>,
@@ -259,4 +268,40 @@ pub struct MeshConfig {
 pub struct LoggingConfig {
     pub level: Option<String>,
     pub format: Option<String>,
+}
+
+/// `agents.defaults.subagents` / `agents.<id>.subagents`: limits of `sessions_spawn`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SubagentsConfig {
+    pub max_spawn_depth: Option<u32>,
+    pub max_children_per_agent: Option<u32>,
+    pub max_concurrent: Option<u32>,
+    pub run_timeout_seconds: Option<u64>,
+    /// Agent ids a session may spawn sub-agents as (`*` for any); default: its own agent.
+    pub allow_agents: Option<Vec<String>>,
+}
+
+/// `skills`: per-skill settings and extra folders to load skills from.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SkillsConfig {
+    /// Keyed by skill key (`metadata.openclaw.skillKey`, else the skill's name).
+    pub entries: BTreeMap<String, SkillEntryConfig>,
+    pub load: SkillsLoadConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SkillEntryConfig {
+    pub enabled: Option<bool>,
+    pub api_key: Option<Secret>,
+    pub env: BTreeMap<String, Secret>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SkillsLoadConfig {
+    /// Lowest-precedence skill folders, in order (`~/` is the home directory).
+    pub extra_dirs: Vec<String>,
 }

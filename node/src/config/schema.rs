@@ -79,6 +79,17 @@ fn agent_keys() -> Vec<(&'static str, Shape)> {
             ]),
         ),
         ("thinkingDefault", Shape::Enum(THINKING_LEVELS)),
+        ("tools", super::tools::agent_shape()),
+        (
+            "subagents",
+            obj(vec![
+                ("maxSpawnDepth", Shape::UInt(5)),
+                ("maxChildrenPerAgent", Shape::UInt(100)),
+                ("maxConcurrent", Shape::UInt(1000)),
+                ("runTimeoutSeconds", Shape::UInt(7 * 24 * 3600)),
+                ("allowAgents", list(Shape::Str)),
+            ]),
+        ),
     ]
 }
 
@@ -179,6 +190,7 @@ pub(crate) fn root() -> Shape {
             "mesh",
             obj(vec![
                 ("listen", Shape::Str),
+                ("advertise", Shape::Str),
                 ("join", list(Shape::Str)),
                 ("nodeName", Shape::Str),
                 ("clusterSecret", Shape::Str),
@@ -186,9 +198,24 @@ pub(crate) fn root() -> Shape {
                 ("discover", Shape::Bool),
             ]),
         ),
+        ("tools", super::tools::shape()),
         (
             "logging",
             obj(vec![("level", Shape::Enum(LOG_LEVELS)), ("format", Shape::Enum(LOG_FORMATS))]),
+        ),
+        (
+            "skills",
+            obj(vec![
+                (
+                    "entries",
+                    map(obj(vec![
+                        ("enabled", Shape::Bool),
+                        ("apiKey", Shape::Str),
+                        ("env", map(Shape::Str)),
+                    ])),
+                ),
+                ("load", obj(vec![("extraDirs", list(Shape::Str))])),
+            ]),
         ),
     ])
 }

@@ -6,8 +6,11 @@
 //! `restartExpectedMs`, every owned session is handed to its successor, the node leaves the
 //! cluster, the gateway closes; a second signal exits at once.
 
+mod discovery;
+mod metrics;
 mod ports;
 mod service;
+mod sessions_api;
 mod turns;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -63,6 +66,8 @@ pub struct UpOptions {
     pub listen: Option<String>,
     /// Mesh address (`--mesh-listen`).
     pub mesh_listen: Option<String>,
+    /// Mesh address peers dial (`--mesh-advertise`).
+    pub mesh_advertise: Option<String>,
     /// Addresses to join (`--join a,b`).
     pub join: Vec<String>,
     pub node_name: Option<String>,
@@ -174,6 +179,16 @@ async fn mesh_config(
     };
     let join: Vec<String> = if opts.join.is_empty() { m.join.clone() } else { opts.join.clone() };
     let mut cfg = MeshConfig::new(key, listen);
+    cfg.advertise = match opts.mesh_advertise.clone().or_else(|| m.advertise.clone()) {
+        Some(a) => Some(parse_addr("mesh advertise address", &a)?),
+        None if listen.ip().is_unspecified() => {
+            let ip = routable_local_ip().ok_or_else(|| {
+                UpError::Config(format!("the mesh listens on {listen} and no routable local address was found: set mesh.advertise (or --mesh-advertise) to the address peers should dial"))
+            })?;
+            Some(SocketAddr::new(ip, listen.port()))
+        }
+        None => None,
+    };
     cfg.seeds = resolve(&join).await?;
     cfg.cluster_secret = m
         .cluster_secret
@@ -187,6 +202,15 @@ async fn mesh_config(
     }
     cfg.swim = SwimPreset::Lan;
     Ok(cfg)
+}
+
+/// The local address of the default route: what peers on other machines can reach when the
+/// mesh listens on every interface. (Connecting a UDP socket sends nothing.)
+fn routable_local_ip() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 fn ensure_dir(path: &Path) -> Result<(), UpError> {
@@ -209,6 +233,17 @@ pub async fn up(loaded: LoadedConfig, opts: UpOptions) -> Result<(), UpError> {
     let mesh_cfg = mesh_config(&loaded, &opts, gateway_addr, key.clone()).await?;
     let (mesh, turn_commands) = driver::start(mesh_cfg, store.clone()).await?;
     let node_id = mesh.node_id().to_string();
+    let _discovery = if opts.discover_mdns || loaded.config.mesh.discover == Some(true) {
+        match discovery::Discovery::start(mesh.clone()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "mDNS discovery is off");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let node_name = opts
         .node_name
         .clone()
@@ -217,7 +252,22 @@ pub async fn up(loaded: LoadedConfig, opts: UpOptions) -> Result<(), UpError> {
         .unwrap_or_else(|| mesh.node_id().short());
 
     let mut registry = Registry::default();
-    let tools = ToolRegistry::new();
+    metrics::export(mesh.clone(), &mut registry);
+    let mut tools = ToolRegistry::new();
+    let sessions_api: Arc<dyn crate::tools::sessions::SessionsApi> =
+        Arc::new(sessions_api::MeshSessions::new(mesh.clone()));
+    let subagents = crate::subagents::Supervisor::new(
+        sessions_api.clone(),
+        crate::subagents::SubagentPolicy::from_loaded(&loaded),
+    );
+    crate::tools::sessions::register(
+        &mut tools,
+        sessions_api,
+        subagents.clone(),
+        crate::tools::sessions::SessionToolsConfig::from_loaded(&loaded),
+    )
+    .map_err(|e| UpError::Config(format!("session tools: {e}")))?;
+    subagents.start_resume();
     let runtime = AgentRuntime::build(
         &loaded,
         tools.clone(),

@@ -1,0 +1,194 @@
+//! Conformance against a real `beamclaw up` (not the gateway's fake service):
+//! - OpenClaw's reference client (tests/conformance/node/run.sh: `@openclaw/gateway-client`,
+//!   pinned) with the gateway token and as a paired device, every server frame validated against
+//!   `protocol.schema.json`;
+//! - the official `openai` Python SDK (pinned in tests/conformance/python/requirements.txt, in a
+//!   venv as node/tests/mock_llm_sdk.rs makes it) streams chat completions and lists models.
+//!
+//! Both need the network on first use (npm, PyPI). Without npm or python3 the test says so and
+//! passes; `BEAMCLAW_CONFORMANCE=require` makes that a failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use beamclaw_e2e::node::{Model, TOKEN};
+use beamclaw_e2e::{Cluster, ClusterOptions};
+use serde_json::{Value, json};
+
+/// npm install and the run together stay under this.
+const HARNESS_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn required() -> bool {
+    std::env::var("BEAMCLAW_CONFORMANCE").as_deref() == Ok("require")
+}
+
+fn available(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Skips (or, when required, fails) without `program`.
+fn skip_without(program: &str) -> bool {
+    if available(program) {
+        return false;
+    }
+    assert!(!required(), "BEAMCLAW_CONFORMANCE=require but {program} is not on PATH");
+    println!("SKIPPED: {program} is not on PATH");
+    eprintln!("SKIPPED: {program} is not on PATH");
+    true
+}
+
+async fn one_node(model: Model) -> Cluster {
+    let opts = ClusterOptions { nodes: 1, model, ..ClusterOptions::default() };
+    Cluster::start(&opts, Duration::from_secs(10)).await.unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_client_conforms_against_beamclaw_up() {
+    if skip_without("npm") {
+        return;
+    }
+    let cluster = one_node(Model::Mock).await;
+    let script = repo_root().join("tests/conformance/node/run.sh");
+    let run = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(cluster.node(0).ws_url())
+        .arg(TOKEN)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(HARNESS_TIMEOUT, run)
+        .await
+        .expect("the conformance harness finished in time")
+        .expect("the conformance harness started");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(output.status.success(), "conformance failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(stdout.contains("server frames validated"), "{stdout}");
+    cluster.assert_no_panics().unwrap();
+}
+
+/// FNV-1a of the requirements: the venv is rebuilt when they change.
+fn fingerprint(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The venv's python, creating the venv and installing the pinned SDKs when needed.
+fn python_with_sdks() -> PathBuf {
+    let requirements = repo_root().join("tests/conformance/python/requirements.txt");
+    let pins = std::fs::read(&requirements).expect("requirements.txt is readable");
+    let venv =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("py-sdk-{}", fingerprint(&pins)));
+    let python = venv.join("bin/python");
+    let marker = venv.join(".installed");
+    if !marker.exists() {
+        let _ = std::fs::remove_dir_all(&venv);
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv");
+        run(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(&requirements),
+            "pip install -r tests/conformance/python/requirements.txt",
+        );
+        std::fs::write(&marker, &pins).expect("venv marker is writable");
+    }
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_streams_from_beamclaw_up() {
+    if skip_without("python3") {
+        return;
+    }
+    let python = python_with_sdks();
+    let cluster = one_node(Model::Mock).await;
+    let first = "The first answer, streamed to the SDK in small pieces.";
+    let second = "The second answer, rebuilt by the stream helper.";
+    cluster
+        .mock()
+        .unwrap()
+        .load_script(&json!({"responses": [
+            {"text": first, "chunkChars": 6, "usage": {"input": 11, "output": 9}},
+            {"text": second, "chunkChars": 5},
+        ]}))
+        .await
+        .unwrap();
+    let node = cluster.node(0);
+    let script = repo_root().join("tests/conformance/python/beamclaw_up_check.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(node.http_url())
+        .arg(TOKEN)
+        .arg("e2e-sdk")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output).await.unwrap().unwrap();
+    assert!(
+        output.status.success(),
+        "beamclaw_up_check.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: Value = serde_json::from_slice(&output.stdout).unwrap();
+    println!("{got}");
+
+    let models: Vec<&str> =
+        got["models"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(models.contains(&"beamclaw") && models.contains(&"beamclaw/main"), "{models:?}");
+
+    let raw = &got["raw_stream"];
+    assert_eq!(raw["text"], first);
+    assert!(raw["content_chunks"].as_u64().unwrap() >= 2, "streamed in several chunks: {raw}");
+    assert_eq!(raw["ids"], 1, "one completion id across the chunks: {raw}");
+    assert_eq!(raw["finish_reason"], "stop");
+    assert!(
+        raw["usage"]["completion"].as_u64().is_some(),
+        "include_usage gives a usage chunk: {raw}"
+    );
+
+    let helper = &got["helper_stream"];
+    assert_eq!(helper["streamed_text"], second);
+    assert_eq!(helper["text"], second);
+    assert_eq!(helper["finish_reason"], "stop");
+
+    // Both completions went to the session of OpenAI `user`, through the node's real runtime.
+    let t = node.transcript("agent:main:openai-user:e2e-sdk").await.unwrap();
+    let roles_texts: Vec<(&str, &str)> = t.iter().map(|(r, x)| (r.as_str(), x.as_str())).collect();
+    assert_eq!(
+        roles_texts,
+        vec![
+            ("user", "first question, streamed"),
+            ("assistant", first),
+            ("user", "second question, through the stream helper"),
+            ("assistant", second),
+        ]
+    );
+    cluster.assert_no_panics().unwrap();
+}
