@@ -182,6 +182,7 @@ impl NodeService {
                     .ok()
                     .and_then(|l| l.into_iter().find(|(k, _)| k == key).map(|(_, e)| e));
                 let mut entry = local.unwrap_or_default();
+                owner_as_node_id(&mut entry);
                 entry.session_id = meta.session_id.clone();
                 entry.agent_id = meta.agent_id.clone();
                 entry.label = meta.label.clone();
@@ -237,6 +238,16 @@ fn service_error(e: RequestError) -> ServiceError {
         RequestError::StaleEpoch(message) => {
             ServiceError::Unavailable { message, retry_after_ms: Some(500) }
         }
+    }
+}
+
+/// The store names a session's owner by the hex of its public key; clients see it as the node
+/// id that `status` lists (the PeerId), so an owner can be matched with a member.
+fn owner_as_node_id(entry: &mut IndexEntry) {
+    if let Some(owner) = entry.owner.as_mut()
+        && let Some(epoch) = beamclaw_mesh::core::Epoch::from_record(owner)
+    {
+        owner.node = epoch.node.to_string();
     }
 }
 
@@ -648,7 +659,10 @@ impl GatewayService for NodeService {
         out.truncate(query.limit.unwrap_or(SESSIONS_LIST_DEFAULT).min(SESSIONS_LIST_MAX));
         Ok(out
             .into_iter()
-            .map(|(key, entry)| SessionSummary { key, entry, settings: SessionSettings::default() })
+            .map(|(key, mut entry)| {
+                owner_as_node_id(&mut entry);
+                SessionSummary { key, entry, settings: SessionSettings::default() }
+            })
             .collect())
     }
 
