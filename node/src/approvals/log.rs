@@ -193,11 +193,14 @@ pub trait ApprovalLog: Send + Sync {
     fn ring(&self, notice: Notice) -> BoxFuture<'_, ()>;
 }
 
+/// Where a [`MemoryLog`] delivers its doorbell.
+type Bell = Box<dyn Fn(Notice) + Send + Sync>;
+
 /// An in-memory log for one process (tests, and a node without a mesh). `ring` goes to the
 /// given callback.
 pub struct MemoryLog {
     records: Mutex<Vec<Record>>,
-    bell: Mutex<Option<Box<dyn Fn(Notice) + Send + Sync>>>,
+    bell: Mutex<Option<Bell>>,
 }
 
 impl Default for MemoryLog {

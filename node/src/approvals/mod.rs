@@ -18,6 +18,7 @@
 //! Must not know: the gateway's wire format (the node's service maps [`Notice`]s to
 //! `exec.approval.requested` / `exec.approval.resolved` events).
 
+pub mod cli;
 pub mod log;
 pub mod mesh;
 pub mod policy;
@@ -505,6 +506,189 @@ pub fn is_approve_command(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tools::ExecAsk;
+    use log::MemoryLog;
+    use std::path::PathBuf;
+
+    /// Two nodes' approvals over one log, each ringing both doorbells (as the mesh does).
+    fn two_nodes(policy: ApprovalPolicy) -> (Arc<Approvals>, Arc<Approvals>, Arc<MemoryLog>) {
+        let log = Arc::new(MemoryLog::new());
+        let a = Approvals::new(policy.clone(), "node-a".into(), log.clone());
+        let b = Approvals::new(policy, "node-b".into(), log.clone());
+        let (wa, wb) = (Arc::downgrade(&a), Arc::downgrade(&b));
+        log.on_ring(move |n| {
+            for node in [wa.upgrade(), wb.upgrade()].into_iter().flatten() {
+                node.on_notice(n.clone());
+            }
+        });
+        (a, b, log)
+    }
+
+    fn policy(security: ExecSecurity, ask: ExecAsk, timeout_ms: u64) -> ApprovalPolicy {
+        ApprovalPolicy {
+            security,
+            ask,
+            timeout: Duration::from_millis(timeout_ms),
+            ..ApprovalPolicy::default()
+        }
+    }
+
+    fn request(command: &str) -> ExecRequest {
+        ExecRequest {
+            command: command.into(),
+            workdir: PathBuf::from("/"),
+            path_env: Some("/usr/bin:/bin".into()),
+            session: beamclaw_crdt::SessionKey::new("agent:main:main").unwrap(),
+            agent_id: "main".into(),
+            run_id: "run".into(),
+        }
+    }
+
+    /// Waits until `node` lists one pending request; returns it.
+    async fn pending_one(node: &Approvals) -> ApprovalRequest {
+        for _ in 0..200 {
+            if let Some(r) = node.pending().await.unwrap().into_iter().next() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no pending approval appeared");
+    }
+
+    #[tokio::test]
+    async fn a_command_waiting_on_one_node_is_approved_from_another_within_a_second() {
+        let (a, b, _) = two_nodes(policy(ExecSecurity::Allowlist, ExecAsk::OnMiss, 60_000));
+        let mut events = b.subscribe();
+        let cancel = CancellationToken::new();
+        let waiter = a.check(request("ls -la"), &cancel);
+        let approve = async {
+            let pending = pending_one(&b).await;
+            assert_eq!(pending.node_id, "node-a");
+            assert!(pending.resolved_paths.iter().any(|p| p.ends_with("/ls")), "{pending:?}");
+            let Ok(Notice::Requested { request }) = events.recv().await else { panic!() };
+            assert_eq!(request.id, pending.id, "operators on node B hear of it");
+            let at = tokio::time::Instant::now();
+            b.resolve(&pending.id, Decision::AllowOnce, "op@b").await.unwrap();
+            at
+        };
+        let (verdict, approved_at) = tokio::join!(waiter, approve);
+        assert_eq!(verdict, GateVerdict::Allow);
+        assert!(approved_at.elapsed() < Duration::from_secs(1), "{:?}", approved_at.elapsed());
+        // allow-once adds nothing: the next run asks again.
+        assert!(a.allowlists().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn allow_always_covers_the_binary_on_every_node_from_then_on() {
+        let (a, b, log) = two_nodes(policy(ExecSecurity::Allowlist, ExecAsk::OnMiss, 60_000));
+        let cancel = CancellationToken::new();
+        let (verdict, _) = tokio::join!(a.check(request("ls"), &cancel), async {
+            let p = pending_one(&b).await;
+            b.resolve(&p.id, Decision::AllowAlways, "op").await.unwrap();
+        });
+        assert_eq!(verdict, GateVerdict::Allow);
+        let records = log.records().len();
+        // Both nodes now run `ls` (with other arguments) without asking: no new record.
+        assert_eq!(a.check(request("ls /tmp"), &cancel).await, GateVerdict::Allow);
+        assert_eq!(b.check(request("ls -l | ls"), &cancel).await, GateVerdict::Allow);
+        assert_eq!(log.records().len(), records);
+        // A fresh node (restarted, empty cache) reads the grant from the log.
+        let c = Approvals::new(a.policy().clone(), "node-c".into(), log.clone());
+        assert_eq!(c.check(request("ls"), &cancel).await, GateVerdict::Allow);
+        // Another binary, or something the analysis cannot see through, still asks (and here
+        // falls back to deny, unanswered).
+        let short = Approvals::new(
+            policy(ExecSecurity::Allowlist, ExecAsk::OnMiss, 50),
+            "node-d".into(),
+            log.clone(),
+        );
+        assert!(matches!(
+            short.check(request("ls $(id)"), &cancel).await,
+            GateVerdict::Deny { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_fall_back_to_ask_fallback() {
+        let cancel = CancellationToken::new();
+        let (a, _, log) = two_nodes(policy(ExecSecurity::Allowlist, ExecAsk::OnMiss, 100));
+        let GateVerdict::Deny { reason } = a.check(request("ls"), &cancel).await else {
+            panic!("askFallback defaults to deny")
+        };
+        assert!(reason.contains("askFallback"), "{reason}");
+        let id = pending_id(&log);
+        let late = a.resolve(&id, Decision::AllowOnce, "late op").await.unwrap_err();
+        assert!(
+            matches!(late, ApprovalError::AlreadyResolved { .. } | ApprovalError::Expired { .. }),
+            "{late}"
+        );
+
+        let mut full = policy(ExecSecurity::Allowlist, ExecAsk::Always, 50);
+        full.ask_fallback = ExecSecurity::Full;
+        let (a, _, _) = two_nodes(full);
+        assert_eq!(a.check(request("ls"), &cancel).await, GateVerdict::Allow);
+
+        let mut listed = policy(ExecSecurity::Allowlist, ExecAsk::Always, 50);
+        listed.ask_fallback = ExecSecurity::Allowlist;
+        listed.allowlist = vec!["/**/ls".into()];
+        let (a, _, _) = two_nodes(listed);
+        assert_eq!(a.check(request("ls"), &cancel).await, GateVerdict::Allow);
+        assert!(matches!(a.check(request("cat x"), &cancel).await, GateVerdict::Deny { .. }));
+    }
+
+    fn pending_id(log: &MemoryLog) -> String {
+        log.records()
+            .iter()
+            .find_map(|r| match r {
+                Record::Request(r) => Some(r.id.clone()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn deny_security_and_ask_off_never_ask() {
+        let cancel = CancellationToken::new();
+        let (a, _, log) = two_nodes(policy(ExecSecurity::Deny, ExecAsk::Always, 60_000));
+        let GateVerdict::Deny { reason } = a.check(request("ls"), &cancel).await else { panic!() };
+        assert!(reason.contains("security"), "{reason}");
+        let (b, _, _) = two_nodes(policy(ExecSecurity::Allowlist, ExecAsk::Off, 60_000));
+        let GateVerdict::Deny { reason } = b.check(request("ls"), &cancel).await else { panic!() };
+        assert!(reason.contains("allowlist"), "{reason}");
+        let (c, _, _) = two_nodes(policy(ExecSecurity::Full, ExecAsk::OnMiss, 60_000));
+        assert_eq!(c.check(request("anything at all $(x)"), &cancel).await, GateVerdict::Allow);
+        assert!(log.records().is_empty(), "nobody was asked");
+    }
+
+    #[tokio::test]
+    async fn an_operator_deny_and_an_aborted_turn_refuse_the_command() {
+        let (a, b, log) = two_nodes(policy(ExecSecurity::Full, ExecAsk::Always, 60_000));
+        let cancel = CancellationToken::new();
+        let (verdict, _) = tokio::join!(a.check(request("ls"), &cancel), async {
+            let p = pending_one(&b).await;
+            b.resolve(&p.id, Decision::Deny, "op").await.unwrap();
+            let again = b.resolve(&p.id, Decision::AllowOnce, "op2").await.unwrap_err();
+            assert!(matches!(again, ApprovalError::AlreadyResolved { .. }), "{again}");
+        });
+        let GateVerdict::Deny { reason } = verdict else { panic!() };
+        assert!(reason.contains("op") && reason.contains("denied"), "{reason}");
+
+        let (verdict, _) = tokio::join!(a.check(request("ls"), &cancel), async {
+            pending_one(&b).await;
+            cancel.cancel();
+        });
+        let GateVerdict::Deny { reason } = verdict else { panic!() };
+        assert!(reason.contains("aborted"), "{reason}");
+        let cancelled = log
+            .records()
+            .into_iter()
+            .any(|r| matches!(r, Record::Decision(d) if d.source == DecisionSource::Cancelled));
+        assert!(cancelled, "the abort is recorded, so operators see it is over");
+        assert!(matches!(
+            b.resolve("nope", Decision::Deny, "op").await,
+            Err(ApprovalError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn approve_command_parses() {

@@ -517,11 +517,11 @@ mod tests {
     fn allowlist_needs_every_segment_to_match() {
         let a = analyze("ls | sh", Path::new("/"), Some("/usr/bin:/bin"));
         let ls = a.segments[0].resolved.clone().unwrap().display().to_string();
-        let only_ls = vec![ls.clone()];
+        let only_ls = [ls.clone()];
         assert!(!allowlisted(&a, only_ls.iter()));
-        let both = vec![ls, a.segments[1].resolved.clone().unwrap().display().to_string()];
+        let both = [ls, a.segments[1].resolved.clone().unwrap().display().to_string()];
         assert!(allowlisted(&a, both.iter()));
         let bad = analyze("ls > /etc/x", Path::new("/"), Some("/usr/bin:/bin"));
-        assert!(!allowlisted(&bad, vec!["/**".to_string()].iter()));
+        assert!(!allowlisted(&bad, ["/**".to_string()].iter()));
     }
 }

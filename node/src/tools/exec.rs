@@ -350,6 +350,172 @@ impl ExecTool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn ctx(ws: &Path) -> ToolContext {
+        ToolContext {
+            session: SessionKey::new("agent:main:main").unwrap(),
+            epoch: 1,
+            run_id: "r".into(),
+            agent_id: "main".into(),
+            workspace: ws.to_path_buf(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn exec_tool(gate: Arc<dyn ExecGate>) -> (ExecTool, Arc<ProcessRegistry>) {
+        let processes = ProcessRegistry::new();
+        (ExecTool::new(ExecSettings::default(), gate, processes.clone()), processes)
+    }
+
+    /// A command whose grandchild (a second `sleep`, in the background of an inner shell)
+    /// writes its pid to `grandchild.pid` in the workspace.
+    const TREE: &str = "sh -c 'sleep 1000 & echo $! > grandchild.pid; sleep 1000'";
+
+    async fn grandchild_pid(ws: &Path) -> i32 {
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(ws.join("grandchild.pid"))
+                && let Ok(pid) = text.trim().parse()
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the grandchild never started");
+    }
+
+    /// Whether `pid` runs (a zombie waiting for its reaper does not count).
+    fn running(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z")
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn assert_gone(pid: i32) {
+        for _ in 0..300 {
+            if !running(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("process {pid} survived its group being killed");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group_grandchildren_included() {
+        let ws = tempfile::tempdir().unwrap();
+        let (tool, processes) = exec_tool(Arc::new(AllowAll));
+        let c = ctx(ws.path());
+        let args = json!({"command": TREE, "timeoutSeconds": 1, "yieldMs": 60_000});
+        let (out, pid) = tokio::join!(tool.run(args, &c), grandchild_pid(ws.path()));
+        assert!(out.is_error, "{}", out.content);
+        assert!(out.content.contains("timed out after 1 s"), "{}", out.content);
+        assert_gone(pid).await;
+        assert_eq!(processes.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn abort_kills_the_whole_group_grandchildren_included() {
+        let ws = tempfile::tempdir().unwrap();
+        let (tool, processes) = exec_tool(Arc::new(AllowAll));
+        let c = ctx(ws.path());
+        let cancel = c.cancel.clone();
+        let args = json!({"command": TREE, "yieldMs": 60_000});
+        let abort = async {
+            let pid = grandchild_pid(ws.path()).await;
+            cancel.cancel();
+            pid
+        };
+        let (out, pid) = tokio::join!(tool.run(args, &c), abort);
+        assert!(out.is_error && out.content.contains("killed"), "{}", out.content);
+        assert_gone(pid).await;
+        assert_eq!(processes.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_kills_the_whole_group() {
+        let ws = tempfile::tempdir().unwrap();
+        let (tool, _) = exec_tool(Arc::new(AllowAll));
+        let c = ctx(ws.path());
+        let args = json!({"command": TREE, "yieldMs": 60_000});
+        // As the turn's own tool timeout does: the future is dropped mid-run.
+        let run = tokio::time::timeout(Duration::from_secs(30), tool.run(args, &c));
+        tokio::select! {
+            _ = run => panic!("the command cannot finish"),
+            pid = grandchild_pid(ws.path()) => assert_gone(pid).await,
+        }
+    }
+
+    #[tokio::test]
+    async fn background_jobs_are_listed_polled_and_killed_with_their_group() {
+        let ws = tempfile::tempdir().unwrap();
+        let (tool, processes) = exec_tool(Arc::new(AllowAll));
+        let process = crate::tools::process::ProcessTool::new(processes.clone());
+        let c = ctx(ws.path());
+        let cmd = format!("echo started; {TREE}");
+        let out = tool.run(json!({"command": cmd, "yieldMs": 200}), &c).await;
+        assert!(!out.is_error && out.content.contains("started"), "{}", out.content);
+        let id = out.content.split("sessionId ").nth(1).unwrap().split(';').next().unwrap();
+        let pid = grandchild_pid(ws.path()).await;
+        let list = process.run(json!({"action": "list"}), &c).await;
+        assert!(list.content.contains(id) && list.content.contains("running"), "{}", list.content);
+        let poll = process.run(json!({"action": "poll", "sessionId": id}), &c).await;
+        assert!(poll.content.contains("[still running]"), "{}", poll.content);
+        let other =
+            ToolContext { session: SessionKey::new("agent:main:other").unwrap(), ..ctx(ws.path()) };
+        let foreign = process.run(json!({"action": "kill", "sessionId": id}), &other).await;
+        assert!(foreign.is_error, "another session cannot touch the job");
+        let kill = process.run(json!({"action": "kill", "sessionId": id}), &c).await;
+        assert!(kill.content.contains("whole process group was killed"), "{}", kill.content);
+        assert_gone(pid).await;
+        assert_eq!(processes.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_with_a_notice_and_exit_codes_are_reported() {
+        let ws = tempfile::tempdir().unwrap();
+        let (tool, _) = exec_tool(Arc::new(AllowAll));
+        let c = ctx(ws.path());
+        let big = EXEC_OUTPUT_BYTES_MAX + 1000;
+        let cmd = format!("head -c {big} /dev/zero | tr '\\0' a; echo; echo tail-line");
+        let out = tool.run(json!({"command": cmd}), &c).await;
+        assert!(!out.is_error, "{}", &out.content[..200.min(out.content.len())]);
+        assert!(out.content.starts_with("[output truncated: the first"), "{}", &out.content[..100]);
+        assert!(out.content.contains("tail-line\n[exit code 0]"));
+        assert!(out.content.len() < EXEC_OUTPUT_BYTES_MAX + 200);
+        let failed = tool.run(json!({"command": "echo oops >&2; exit 3"}), &c).await;
+        assert!(failed.is_error && failed.content == "oops\n[exit code 3]", "{}", failed.content);
+        let escaped = tool.run(json!({"command": "pwd", "workdir": "../"}), &c).await;
+        assert!(escaped.is_error && escaped.content.contains("workdir"), "{}", escaped.content);
+    }
+
+    struct DenyAll;
+
+    impl ExecGate for DenyAll {
+        fn check<'a>(
+            &'a self,
+            _: ExecRequest,
+            _: &'a CancellationToken,
+        ) -> BoxFuture<'a, GateVerdict> {
+            Box::pin(async {
+                GateVerdict::Deny { reason: "an operator denied the command".into() }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_denied_command_never_starts() {
+        let ws = tempfile::tempdir().unwrap();
+        let (tool, processes) = exec_tool(Arc::new(DenyAll));
+        let c = ctx(ws.path());
+        let out = tool.run(json!({"command": "touch ran"}), &c).await;
+        assert_eq!(out, ToolOutput::error("an operator denied the command"));
+        assert!(!ws.path().join("ran").exists());
+        assert_eq!(processes.running(), 0);
+    }
 
     #[test]
     fn env_rules_refuse_loader_and_path_and_strip_secrets() {

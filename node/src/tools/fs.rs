@@ -191,25 +191,7 @@ impl Workspace {
         create: bool,
         shown: &str,
     ) -> Result<(OwnedFd, PathBuf), FsError> {
-        // The deepest existing ancestor, canonicalized: it must be under the root.
-        let mut existing = comps.len();
-        let canonical = loop {
-            let candidate: PathBuf =
-                comps[..existing].iter().fold(self.root.clone(), |p, c| p.join(c));
-            match std::fs::canonicalize(&candidate) {
-                Ok(c) => break c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && existing > 0 => {
-                    existing -= 1;
-                }
-                Err(e) if e.raw_os_error() == Some(Errno::ENOTDIR as i32) => {
-                    return Err(FsError::NotADirectory { path: shown.to_string() });
-                }
-                Err(e) => return Err(io_error(shown, e)),
-            }
-        };
-        if !self.inside(&canonical) {
-            return Err(FsError::Outside { path: shown.to_string() });
-        }
+        let (existing, canonical) = self.existing_ancestor(comps, shown)?;
         if existing < comps.len() && !create {
             return Err(FsError::NotFound { path: shown.to_string() });
         }
@@ -229,6 +211,57 @@ impl Workspace {
             path.push(comp);
         }
         Ok((fd, path))
+    }
+
+    /// How many leading `comps` exist, and the canonical path of that deepest existing
+    /// ancestor, which must be under the root.
+    fn existing_ancestor(
+        &self,
+        comps: &[OsString],
+        shown: &str,
+    ) -> Result<(usize, PathBuf), FsError> {
+        let mut existing = comps.len();
+        let canonical = loop {
+            let candidate: PathBuf =
+                comps[..existing].iter().fold(self.root.clone(), |p, c| p.join(c));
+            match std::fs::canonicalize(&candidate) {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && existing > 0 => {
+                    existing -= 1;
+                }
+                Err(e) if e.raw_os_error() == Some(Errno::ENOTDIR as i32) => {
+                    return Err(FsError::NotADirectory { path: shown.to_string() });
+                }
+                Err(e) => return Err(io_error(shown, e)),
+            }
+        };
+        if !self.inside(&canonical) {
+            return Err(FsError::Outside { path: shown.to_string() });
+        }
+        Ok((existing, canonical))
+    }
+
+    /// Checks, changing nothing, that `raw` could be written inside the workspace (so a patch
+    /// is refused whole before any file changes). The write itself checks again.
+    pub fn check_write(&self, raw: &str) -> Result<(), FsError> {
+        let comps = relative_components(raw)?;
+        let Some((name, parent)) = comps.split_last() else {
+            return Err(FsError::BadPath { path: raw.to_string(), reason: "it is empty" });
+        };
+        let (existing, canonical) = self.existing_ancestor(parent, raw)?;
+        if existing < parent.len() {
+            return Ok(()); // the file's directory is still to be made, under the root
+        }
+        let full = canonical.join(name);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(&full) {
+                Ok(real) if self.inside(&real) => Ok(()),
+                Ok(_) => Err(FsError::Outside { path: raw.to_string() }),
+                Err(_) => Err(FsError::BadSymlink { path: raw.to_string() }),
+            },
+            Ok(m) if m.is_dir() => Err(FsError::IsDirectory { path: raw.to_string() }),
+            _ => Ok(()),
+        }
     }
 
     /// The canonical path of the existing directory `raw` (relative to the workspace).
@@ -799,7 +832,7 @@ pub fn apply_patch(ws: &Workspace, ops: &[PatchOp]) -> Result<String, String> {
     for op in ops {
         match op {
             PatchOp::Add { path, content } => {
-                relative_components(path).map_err(|e| e.to_string())?;
+                ws.check_write(path).map_err(|e| e.to_string())?;
                 if content.len() as u64 > EDIT_FILE_BYTES_MAX {
                     return Err(format!(
                         "{path}: the added file exceeds {EDIT_FILE_BYTES_MAX} bytes"
@@ -821,7 +854,7 @@ pub fn apply_patch(ws: &Workspace, ops: &[PatchOp]) -> Result<String, String> {
                 }
                 match move_to {
                     Some(to) => {
-                        relative_components(to).map_err(|e| e.to_string())?;
+                        ws.check_write(to).map_err(|e| e.to_string())?;
                         plan.push(Planned::Write(to.clone(), changed));
                         plan.push(Planned::Remove(path.clone()));
                         summary.push(format!("M {path} -> {to}"));
@@ -848,6 +881,138 @@ pub fn apply_patch(ws: &Workspace, ops: &[PatchOp]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::Tool;
+    use std::os::unix::fs::symlink;
+
+    /// A workspace and, beside it, a directory with a secret the tools must never touch.
+    struct Sandbox {
+        _dir: tempfile::TempDir,
+        ws: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn sandbox() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(ws.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.txt"), "top secret\n").unwrap();
+        std::fs::write(ws.join("inside.txt"), "hello\n").unwrap();
+        // Links out: a directory, a file; a link that stays inside.
+        symlink(&outside, ws.join("out_dir")).unwrap();
+        symlink(outside.join("secret.txt"), ws.join("out_file")).unwrap();
+        symlink("../outside/secret.txt", ws.join("sub").join("rel_out")).unwrap();
+        symlink("inside.txt", ws.join("in_link")).unwrap();
+        Sandbox { _dir: dir, ws, outside }
+    }
+
+    fn ctx(ws: &Path) -> ToolContext {
+        ToolContext {
+            session: beamclaw_crdt::SessionKey::new("agent:main:main").unwrap(),
+            epoch: 1,
+            run_id: "r".into(),
+            agent_id: "main".into(),
+            workspace: ws.to_path_buf(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    const ESCAPES: &[&str] = &[
+        "../outside/secret.txt",
+        "sub/../../outside/secret.txt",
+        "/etc/passwd",
+        "~/x",
+        "out_dir/secret.txt",
+        "out_file",
+        "sub/rel_out",
+        "out_dir/new.txt",
+        "out_dir/deeper/new.txt",
+    ];
+
+    fn assert_refused(out: &ToolOutput, path: &str) {
+        assert!(out.is_error, "{path}: {}", out.content);
+        let c = &out.content;
+        assert!(
+            c.contains("outside the workspace")
+                || c.contains("is refused")
+                || c.contains("symlink that does not resolve inside"),
+            "{path}: the error must say why: {c}"
+        );
+    }
+
+    fn assert_outside_untouched(sb: &Sandbox) {
+        let names: Vec<_> =
+            std::fs::read_dir(&sb.outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("secret.txt")], "nothing new outside");
+        assert_eq!(std::fs::read_to_string(sb.outside.join("secret.txt")).unwrap(), "top secret\n");
+    }
+
+    #[tokio::test]
+    async fn read_refuses_every_escape_and_follows_inside_links() {
+        let sb = sandbox();
+        let c = ctx(&sb.ws);
+        for path in ESCAPES {
+            let out = ReadTool.run(json!({"path": path}), &c).await;
+            assert_refused(&out, path);
+            assert!(!out.content.contains("top secret"), "{path}");
+        }
+        let ok = ReadTool.run(json!({"path": "in_link"}), &c).await;
+        assert_eq!(ok, ToolOutput::ok("hello\n"));
+    }
+
+    #[tokio::test]
+    async fn write_refuses_every_escape() {
+        let sb = sandbox();
+        let c = ctx(&sb.ws);
+        for path in ESCAPES {
+            let out = WriteTool.run(json!({"path": path, "content": "pwned"}), &c).await;
+            assert_refused(&out, path);
+        }
+        assert_outside_untouched(&sb);
+        let ok = WriteTool.run(json!({"path": "a/b/c.txt", "content": "x"}), &c).await;
+        assert!(!ok.is_error, "{}", ok.content);
+        assert_eq!(std::fs::read_to_string(sb.ws.join("a/b/c.txt")).unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn edit_refuses_every_escape() {
+        let sb = sandbox();
+        let c = ctx(&sb.ws);
+        for path in ESCAPES {
+            let args = json!({"path": path, "oldText": "top secret", "newText": "pwned"});
+            let out = EditTool.run(args, &c).await;
+            assert_refused(&out, path);
+        }
+        assert_outside_untouched(&sb);
+        let args = json!({"path": "inside.txt", "oldText": "hello", "newText": "bye"});
+        assert!(!EditTool.run(args, &c).await.is_error);
+        assert_eq!(std::fs::read_to_string(sb.ws.join("inside.txt")).unwrap(), "bye\n");
+    }
+
+    #[tokio::test]
+    async fn apply_patch_refuses_every_escape_and_changes_nothing_then() {
+        let sb = sandbox();
+        let c = ctx(&sb.ws);
+        for path in ESCAPES {
+            for section in [
+                format!("*** Add File: {path}\n+pwned"),
+                format!("*** Update File: {path}\n@@\n-top secret\n+pwned"),
+                format!("*** Delete File: {path}"),
+                format!("*** Update File: inside.txt\n*** Move to: {path}\n@@\n-hello\n+moved"),
+            ] {
+                // A valid first section proves a refused later one leaves everything unchanged.
+                let patch = format!(
+                    "*** Begin Patch\n*** Add File: first.txt\n+ok\n{section}\n*** End Patch\n"
+                );
+                let out = ApplyPatchTool.run(json!({"input": patch}), &c).await;
+                assert_refused(&out, path);
+                assert!(!sb.ws.join("first.txt").exists(), "{path}: nothing applied");
+            }
+        }
+        assert_outside_untouched(&sb);
+        assert_eq!(std::fs::read_to_string(sb.ws.join("inside.txt")).unwrap(), "hello\n");
+    }
 
     #[test]
     fn relative_components_refuse_escapes() {

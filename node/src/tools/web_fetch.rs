@@ -133,7 +133,7 @@ fn v6_blocked(ip: Ipv6Addr) -> Option<&'static str> {
     }
     // IPv4 inside IPv6: judged by the IPv4 address.
     if let Some(v4) = ip.to_ipv4_mapped() {
-        return v4_blocked(v4).or(Some("IPv4-mapped")).filter(|_| v4_blocked(v4).is_some());
+        return v4_blocked(v4);
     }
     let embedded = |b: u128| Ipv4Addr::from((b & 0xffff_ffff) as u32);
     if bits >> 32 == 0 {
@@ -472,7 +472,10 @@ pub fn html_to_text(html: &str) -> String {
                 Some(e) => i + e + 1,
                 None => bytes.len(),
             };
-            let tag = &lower[i + 1..end.saturating_sub(1).max(i + 1)];
+            // `end` is after a '>' or at the end of the text: both are char boundaries, and so
+            // is `end - 1` when it is the '>'; an unclosed tag takes the rest of the text.
+            let tag_end = if html.as_bytes().get(end - 1) == Some(&b'>') { end - 1 } else { end };
+            let tag = &lower[i + 1..tag_end.max(i + 1)];
             let closing = tag.starts_with('/');
             let name: String = tag
                 .trim_start_matches('/')
@@ -531,7 +534,11 @@ fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let tail = &rest[amp..];
-        let Some(semi) = tail[..tail.len().min(12)].find(';') else {
+        let mut window = tail.len().min(12);
+        while !tail.is_char_boundary(window) {
+            window -= 1;
+        }
+        let Some(semi) = tail[..window].find(';') else {
             out.push('&');
             rest = &tail[1..];
             continue;
@@ -704,6 +711,76 @@ mod tests {
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("1.2.3.4")));
+    }
+
+    #[test]
+    fn html_to_text_never_panics_on_broken_markup() {
+        for html in [
+            "<a\u{e9}",
+            "<",
+            "<p>x &\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9};",
+            "&",
+            "<!--",
+            "<script>",
+            "<h9>x",
+        ] {
+            let _ = html_to_text(html);
+        }
+        assert_eq!(html_to_text("a &amp b"), "a &amp b");
+    }
+
+    #[tokio::test]
+    async fn loopback_private_and_other_schemes_are_refused_before_connecting() {
+        let tool = WebFetchTool::new(WebFetchSettings::default()).unwrap();
+        // A real server on loopback: the refusal must come from the guard, not a failed connect.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for url in [
+            format!("http://127.0.0.1:{port}/"),
+            format!("http://localhost:{port}/"),
+            format!("http://[::1]:{port}/"),
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "http://10.0.0.1/".to_string(),
+            format!("http://2130706433:{port}/"),
+            format!("http://0x7f.1:{port}/"),
+        ] {
+            let err = tool.fetch(&url, 1000).await.unwrap_err();
+            assert!(err.starts_with("refused"), "{url}: {err}");
+        }
+        for url in ["file:///etc/passwd", "ftp://example.com/", "gopher://x/"] {
+            let err = tool.fetch(url, 1000).await.unwrap_err();
+            assert!(err.contains("only http and https"), "{url}: {err}");
+        }
+    }
+
+    /// A public-looking host that redirects to loopback is refused at the redirect: served by
+    /// a loopback server the guard lets through only for the first hop (allowCidrs 127.0.0.2).
+    #[tokio::test]
+    async fn a_redirect_to_loopback_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/secret\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let _ = s.write_all(body.as_bytes()).await;
+            }
+        });
+        let settings = WebFetchSettings {
+            guard: AddressGuard {
+                allow_private: false,
+                allow_cidrs: vec![Cidr::parse("127.0.0.2/32").unwrap()],
+            },
+            ..WebFetchSettings::default()
+        };
+        let tool = WebFetchTool::new(settings).unwrap();
+        let err = tool.fetch(&format!("http://{addr}/start"), 1000).await.unwrap_err();
+        assert!(
+            err.contains("refused http://127.0.0.1:9/secret") && err.contains("loopback"),
+            "{err}"
+        );
     }
 
     #[test]
