@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use beamclaw_crdt::cache::SessionCache;
-use beamclaw_crdt::doc::SessionDoc;
+use beamclaw_crdt::doc::{SessionDoc, SessionMeta};
 use beamclaw_crdt::{HeadsDigest, IndexEntry, SessionKey};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -210,6 +210,9 @@ pub(crate) struct SessionState {
     pub role: Option<OwnerRole>,
     /// The last write batch holding changes of this session, while in flight.
     pub inflight_batch: Option<BatchId>,
+    /// The metadata read at the last commit, with the manifest heads it was read at: reading
+    /// it again is skipped while the manifest is unchanged (most commits add messages only).
+    pub meta: Option<(Vec<[u8; 32]>, SessionMeta)>,
 }
 
 /// A request this node originated and waits on.
@@ -457,6 +460,7 @@ impl<D: Disk> Node<D> {
             Timer::Handoff(session) => self.handoff_tick(&session),
             Timer::Unanswered(session) => self.start_unanswered(&session),
             Timer::DrainDeadline => self.drain_deadline(),
+            Timer::DrainRetry => self.drain_retry(),
             Timer::Quorum(ack) => self.quorum_timed_out(ack),
             Timer::Resume => self.resume_owned(),
         }
@@ -892,16 +896,26 @@ impl<D: Disk> Node<D> {
     /// After a change to `session`'s document: persist its new chunks, refresh the index entry,
     /// and (when `push`) send the chunks to the replicas.
     pub(crate) fn commit_doc(&mut self, session: &SessionKey, push: bool) -> Option<u64> {
-        let (chunks, heads, entry) = self.with_doc(session, |doc| {
+        let cached = self.sessions.get_mut(session).and_then(|s| s.meta.take());
+        let (chunks, heads, entry, meta) = self.with_doc(session, |doc| {
             let chunks = doc.take_chunks();
             let heads = doc.heads_digest();
-            let entry = index_entry_of(doc);
-            (chunks, heads, entry)
+            let manifest = doc.part_heads().into_iter().next().map(|(_, h)| h).unwrap_or_default();
+            let meta = match cached {
+                Some((at, meta)) if at == manifest => meta,
+                _ => doc.meta().unwrap_or_default(),
+            };
+            let entry = index_entry_with(doc, &meta);
+            (chunks, heads, entry, (manifest, meta))
         })?;
         if chunks.is_empty() {
+            if let Some(state) = self.sessions.get_mut(session) {
+                state.meta = Some(meta);
+            }
             return None;
         }
         let state = self.sessions.entry(session.clone()).or_default();
+        state.meta = Some(meta);
         state.heads = heads;
         let mut entry = entry;
         entry.owner = state.epoch.map(Into::into);
@@ -1040,9 +1054,10 @@ impl<D: Disk> Node<D> {
     }
 }
 
-/// The index entry of a hydrated document (the owner record and heads are filled by the caller).
-pub(crate) fn index_entry_of(doc: &SessionDoc) -> IndexEntry {
-    let meta = doc.meta().unwrap_or_default();
+/// The index entry of a hydrated document whose metadata is `meta` (the owner record and heads
+/// are filled by the caller).
+fn index_entry_with(doc: &SessionDoc, meta: &SessionMeta) -> IndexEntry {
+    let meta = meta.clone();
     let updated_at_ms = doc
         .history(1, None)
         .ok()

@@ -66,6 +66,9 @@ pub(crate) struct DrainState {
     pub active: usize,
     pub handed_over: usize,
     pub left_behind: usize,
+    /// Sessions with no live successor yet (a partition, or we are still joining): retried
+    /// every `handoff_step_ms` until one appears or the deadline leaves them behind.
+    pub stranded: Vec<SessionKey>,
 }
 
 impl<D: Disk> Node<D> {
@@ -571,7 +574,14 @@ impl<D: Disk> Node<D> {
         tracing::info!(sessions = queue.len(), deadline, "drain started");
         // Handoffs already in progress (rebalancing) continue and count as drain handoffs.
         let active = self.handoffs_in_progress();
-        self.drain = Some(DrainState { deadline, queue, active, handed_over: 0, left_behind: 0 });
+        self.drain = Some(DrainState {
+            deadline,
+            queue,
+            active,
+            handed_over: 0,
+            left_behind: 0,
+            stranded: Vec::new(),
+        });
         self.set_timer(deadline, Timer::DrainDeadline);
         self.pump_drain();
     }
@@ -600,16 +610,51 @@ impl<D: Disk> Node<D> {
                     }
                     self.start_handoff(&session, target, HandoffReason::Drain);
                 }
-                None => {
+                None if self.standalone() => {
+                    // No other node was ever known: nobody to hand over to, now or later.
                     if let Some(d) = self.drain.as_mut() {
                         d.left_behind += 1;
                     }
                 }
+                None => {
+                    // No live successor now; one may appear (a partition heals, we finish
+                    // joining) before the deadline, which leaves the session behind otherwise.
+                    let first = self.drain.as_mut().is_some_and(|d| {
+                        d.stranded.push(session);
+                        d.stranded.len() == 1
+                    });
+                    if first {
+                        let at = self.now + self.cfg.timing.handoff_step_ms;
+                        self.set_timer(at, Timer::DrainRetry);
+                    }
+                }
             }
         }
-        if self.drain.as_ref().is_some_and(|d| d.active == 0 && d.queue.is_empty()) {
+        if self
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.active == 0 && d.queue.is_empty() && d.stranded.is_empty())
+        {
             self.finish_drain();
         }
+    }
+
+    /// Sessions that had no live successor go back into the drain queue.
+    pub(crate) fn drain_retry(&mut self) {
+        if self.left {
+            return;
+        }
+        let Some(d) = self.drain.as_mut() else { return };
+        let stranded = std::mem::take(&mut d.stranded);
+        d.queue.extend(stranded);
+        self.pump_drain();
+    }
+
+    /// Whether this node has never known another member and has no seeds: a cluster of one.
+    fn standalone(&self) -> bool {
+        self.cfg.seeds.is_empty()
+            && self.members.alive().keys().all(|n| *n == self.cfg.node)
+            && self.members.down().is_empty()
     }
 
     pub(crate) fn drain_deadline(&mut self) {

@@ -242,12 +242,19 @@ impl<D: Disk> Node<D> {
         let mut last = None;
         let mut scanned = 0;
         let mut reached_end = true;
+        let me = self.cfg.node;
         for (key, state) in self.sessions.range((lower, Bound::Unbounded)) {
             scanned += 1;
             last = Some(key.clone());
-            let holds = state.epoch.is_some_and(|e| e.node == peer)
-                || placement::replicas(key, live.iter().copied(), r).contains(&peer);
-            if holds {
+            let replicas = placement::replicas(key, live.iter().copied(), r);
+            let holds = state.epoch.is_some_and(|e| e.node == peer) || replicas.contains(&peer);
+            // A session we know only by its owner record (no copy here) is advertised only
+            // when we should hold it: otherwise every node would be synced a full copy of
+            // every session it has heard of, and kept level by anti-entropy alone.
+            let wanted = state.heads != HeadsDigest::default()
+                || state.epoch.is_some_and(|e| e.node == me)
+                || replicas.contains(&me);
+            if holds && wanted {
                 entries.push(DigestEntry {
                     session: key.clone(),
                     heads: state.heads,

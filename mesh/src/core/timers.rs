@@ -28,6 +28,8 @@ pub enum Timer {
     Unanswered(SessionKey),
     /// The drain deadline.
     DrainDeadline,
+    /// Retry draining sessions that had no live successor.
+    DrainRetry,
     /// A write quorum wait has lasted too long: answer the waiting requests with an error.
     Quorum(u64),
     /// After a restart and join: resume the turns of the sessions we still own.
