@@ -12,6 +12,8 @@
 //! - `subagents`: spawned child sessions, watched by the parent's owner and announced back.
 //! - `mock_llm`: `beamclaw mock-llm`, a scripted Anthropic/OpenAI server for tests and benches.
 //! - `runtime`: wiring a config into a ready runtime (router, runner, actors).
+//! - `transcript`: OpenClaw's session files (pi transcript JSONL, `sessions.json`) converted to
+//!   and from the session document, for `beamclaw import openclaw` and `sessions export`.
 //! - `serve`: `beamclaw up`: store, mesh, runtime and gateway of one node, the gateway service
 //!   over the mesh, and the orderly drain on SIGTERM.
 //!
@@ -29,3 +31,4 @@ pub mod serve;
 pub mod skills;
 pub mod subagents;
 pub mod tools;
+pub mod transcript;

@@ -1,7 +1,9 @@
 //! Command-line actions that talk to a running node or to a data directory: `chat`, `status`,
-//! `devices`, `dev cluster`.
+//! `devices`, `dev cluster`, and (in [`sessions`]) `sessions list|show|export` and
+//! `import openclaw`.
 
 pub mod client;
+pub mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -58,11 +58,13 @@ pub const OPENCLAW_AGENT_ID_CHARS_MAX: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum SessionsError {
     #[error(
-        "the data directory {} is in use by a running node (its store is locked); stop the node \
-         first (while it runs, use the gateway: `beamclaw status`)",
-        data_dir.display()
+        "the data directory {} is in use by a running node: its store {} is locked by {}; stop \
+         the node first (while it runs, use the gateway: `beamclaw status`)",
+        data_dir.display(),
+        store_file.display(),
+        describe_holders(holders)
     )]
-    NodeRunning { data_dir: PathBuf },
+    NodeRunning { data_dir: PathBuf, store_file: PathBuf, holders: Vec<StoreHolder> },
     #[error("no sessions in {}: it has no store yet (no node has run there and nothing was imported)", data_dir.display())]
     NoStore { data_dir: PathBuf },
     #[error("no session {key:?} in {}; `beamclaw sessions list` shows the sessions there", data_dir.display())]
@@ -75,7 +77,9 @@ pub enum SessionsError {
     Doc { key: String, source: DocError },
     #[error("no OpenClaw sessions under {}: expected agents/<agentId>/sessions/{OPENCLAW_SESSIONS_FILE}", state_dir.display())]
     NothingToImport { state_dir: PathBuf },
-    #[error("{id:?} is not an OpenClaw agent id: 1 to {OPENCLAW_AGENT_ID_CHARS_MAX} characters of a-z, 0-9, '_' and '-', starting with a letter or digit")]
+    #[error(
+        "{id:?} is not an OpenClaw agent id: 1 to {OPENCLAW_AGENT_ID_CHARS_MAX} characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+    )]
     AgentId { id: String },
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
@@ -83,9 +87,79 @@ pub enum SessionsError {
 
 fn store_error(data_dir: &Path) -> impl Fn(StoreError) -> SessionsError + '_ {
     move |source| match source {
-        StoreError::InUse { .. } => SessionsError::NodeRunning { data_dir: data_dir.to_path_buf() },
+        StoreError::InUse { path } => SessionsError::NodeRunning {
+            data_dir: data_dir.to_path_buf(),
+            holders: store_holders(&path),
+            store_file: path,
+        },
         source => SessionsError::Store { data_dir: data_dir.to_path_buf(), source },
     }
+}
+
+/// A process that has the store file open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreHolder {
+    pub pid: u32,
+    /// Its command line, when readable (shortened to [`HOLDER_COMMAND_CHARS_MAX`]).
+    pub command: Option<String>,
+}
+
+/// Characters of a holder's command line that an error message shows.
+pub const HOLDER_COMMAND_CHARS_MAX: usize = 120;
+
+/// Most processes looked at to find who holds the store.
+pub const HOLDER_SCAN_PROCESSES_MAX: usize = 65_536;
+
+fn describe_holders(holders: &[StoreHolder]) -> String {
+    if holders.is_empty() {
+        return "another process".to_owned();
+    }
+    let each: Vec<String> = holders
+        .iter()
+        .map(|h| match &h.command {
+            Some(command) => format!("process {} ({command})", h.pid),
+            None => format!("process {}", h.pid),
+        })
+        .collect();
+    each.join(", ")
+}
+
+/// The other processes that have `store_file` open, found through `/proc/<pid>/fd` (Linux; empty
+/// elsewhere, and for processes of other users, whose descriptors cannot be read).
+pub fn store_holders(store_file: &Path) -> Vec<StoreHolder> {
+    let Ok(target) = std::fs::canonicalize(store_file) else { return Vec::new() };
+    let Ok(processes) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id();
+    let mut holders = Vec::new();
+    for process in processes.flatten().take(HOLDER_SCAN_PROCESSES_MAX) {
+        let Some(pid) = process.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else { continue };
+        let holds =
+            fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == target));
+        if !holds {
+            continue;
+        }
+        let command = std::fs::read(process.path().join("cmdline")).ok().and_then(|raw| {
+            let words: Vec<String> = raw
+                .split(|&b| b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            let joined = words.join(" ");
+            match joined.char_indices().nth(HOLDER_COMMAND_CHARS_MAX) {
+                None if joined.is_empty() => None,
+                None => Some(joined),
+                Some((at, _)) => Some(format!("{}...", &joined[..at])),
+            }
+        });
+        holders.push(StoreHolder { pid, command });
+    }
+    holders
 }
 
 fn doc_error(key: &SessionKey) -> impl Fn(DocError) -> SessionsError + '_ {
@@ -201,22 +275,27 @@ fn find_agents(
     let mut found = BTreeSet::new();
     for entry in entries.flatten() {
         let Ok(name) = entry.file_name().into_string() else { continue };
-        if is_openclaw_agent_id(&name) && sessions_of(&name).join(OPENCLAW_SESSIONS_FILE).is_file() {
+        if is_openclaw_agent_id(&name) && sessions_of(&name).join(OPENCLAW_SESSIONS_FILE).is_file()
+        {
             found.insert(name);
         }
     }
     if found.is_empty() {
         return Err(nothing());
     }
-    Ok(found.into_iter().map(|id| {
-        let dir = sessions_of(&id);
-        (id, dir)
-    }).collect())
+    Ok(found
+        .into_iter()
+        .map(|id| {
+            let dir = sessions_of(&id);
+            (id, dir)
+        })
+        .collect())
 }
 
 /// Reads a whole file of at most `max` bytes.
 fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, Issue> {
-    let unreadable = |e: io::Error| Issue::skipped(path, None, IssueReason::Unreadable(e.to_string()));
+    let unreadable =
+        |e: io::Error| Issue::skipped(path, None, IssueReason::Unreadable(e.to_string()));
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let len = file.metadata().map_err(unreadable)?.len();
     if len > max {
@@ -475,8 +554,14 @@ impl AgentImport<'_, '_> {
             .unwrap_or(now_ms);
         let (mut doc, mut outcome) = match existing {
             None => {
-                let doc = SessionDoc::create(key.clone(), self.agent_id, &settings.session_id, self.actor, started_at_ms)
-                    .map_err(doc_failure)?;
+                let doc = SessionDoc::create(
+                    key.clone(),
+                    self.agent_id,
+                    &settings.session_id,
+                    self.actor,
+                    started_at_ms,
+                )
+                .map_err(doc_failure)?;
                 (doc, Outcome::New)
             }
             Some(doc) if doc.session_id() == settings.session_id => (doc, Outcome::Unchanged),
@@ -492,14 +577,24 @@ impl AgentImport<'_, '_> {
                     return Ok((Outcome::Unchanged, 0, 0));
                 }
                 let old = doc.session_id().to_owned();
-                doc.reset(&settings.session_id, ARCHIVE_REASON_IMPORT, now_ms).map_err(doc_failure)?;
-                self.note(key, format!("its transcript {old} was archived: OpenClaw's session is now {}", settings.session_id));
+                doc.reset(&settings.session_id, ARCHIVE_REASON_IMPORT, now_ms)
+                    .map_err(doc_failure)?;
+                self.note(
+                    key,
+                    format!(
+                        "its transcript {old} was archived: OpenClaw's session is now {}",
+                        settings.session_id
+                    ),
+                );
                 (doc, Outcome::Updated)
             }
         };
         let meta = doc.meta().map_err(doc_failure)?;
         if meta.agent_id != self.agent_id {
-            self.note(key, format!("belongs to agent {:?} in this data directory; kept", meta.agent_id));
+            self.note(
+                key,
+                format!("belongs to agent {:?} in this data directory; kept", meta.agent_id),
+            );
         }
         let mut patch = settings.patch.clone();
         if let Some(transcript) = transcript {
@@ -667,18 +762,20 @@ pub fn list(
     }
     let w = output("stdout");
     if rows.is_empty() {
-        writeln!(out, "no sessions").map_err(w)?;
+        writeln!(out, "no sessions").map_err(&w)?;
         return Ok(());
     }
     let key_width = rows.iter().map(|r| r.key.as_str().chars().count()).max().unwrap_or(3).max(3);
-    let id_width = rows.iter().map(|r| r.entry.session_id.chars().count()).max().unwrap_or(10).max(10);
-    let agent_width = rows.iter().map(|r| r.entry.agent_id.chars().count()).max().unwrap_or(5).max(5);
+    let id_width =
+        rows.iter().map(|r| r.entry.session_id.chars().count()).max().unwrap_or(10).max(10);
+    let agent_width =
+        rows.iter().map(|r| r.entry.agent_id.chars().count()).max().unwrap_or(5).max(5);
     writeln!(
         out,
         "{:<key_width$}  {:<id_width$}  {:<agent_width$}  {:<20}  {:>8}  LABEL",
         "KEY", "SESSION ID", "AGENT", "UPDATED", "MESSAGES"
     )
-    .map_err(w)?;
+    .map_err(&w)?;
     for row in &rows {
         let e = &row.entry;
         writeln!(
@@ -691,19 +788,18 @@ pub fn list(
             e.message_count,
             e.label.as_deref().or(e.display_name.as_deref()).unwrap_or("-"),
         )
-        .map_err(w)?;
+        .map_err(&w)?;
     }
     if more {
-        writeln!(out, "(more sessions; raise --limit to see them)").map_err(w)?;
+        writeln!(out, "(more sessions; raise --limit to see them)").map_err(&w)?;
     }
     Ok(())
 }
 
 fn load(store: &Store, data_dir: &Path, key: &SessionKey) -> Result<SessionDoc, SessionsError> {
-    store
-        .load_session(key, &tool_actor())
-        .map_err(store_error(data_dir))?
-        .ok_or_else(|| SessionsError::UnknownSession { key: key.to_string(), data_dir: data_dir.to_path_buf() })
+    store.load_session(key, &tool_actor()).map_err(store_error(data_dir))?.ok_or_else(|| {
+        SessionsError::UnknownSession { key: key.to_string(), data_dir: data_dir.to_path_buf() }
+    })
 }
 
 /// The newest `limit` messages of the current transcript (all when `None`), oldest first, read
@@ -755,7 +851,8 @@ fn describe(message: &Message) -> String {
             _ => String::new(),
         };
         let stop = message.stop_reason.map(|s| stop_reason_name(s).to_owned());
-        let details: Vec<String> = [Some(model).filter(|m| !m.is_empty()), stop].into_iter().flatten().collect();
+        let details: Vec<String> =
+            [Some(model).filter(|m| !m.is_empty()), stop].into_iter().flatten().collect();
         if !details.is_empty() {
             let _ = write!(text, " ({})", details.join(", "));
         }
@@ -767,7 +864,9 @@ fn describe(message: &Message) -> String {
     for part in &message.content {
         let line = match part {
             ContentPart::Text { text } => indent(&clip(text)),
-            ContentPart::Thinking { thinking, .. } => indent(&format!("(thinking) {}", clip(thinking))),
+            ContentPart::Thinking { thinking, .. } => {
+                indent(&format!("(thinking) {}", clip(thinking)))
+            }
             ContentPart::ToolCall { id, name, arguments } => {
                 format!("    -> {name} {} [{id}]", clip(&arguments.to_string()))
             }
@@ -846,7 +945,12 @@ pub fn show(
     for archive in &archives {
         field(
             "archived",
-            Some(format!("{} ({}, {})", archive.session_id, archive.reason, utc(archive.archived_at_ms))),
+            Some(format!(
+                "{} ({}, {})",
+                archive.session_id,
+                archive.reason,
+                utc(archive.archived_at_ms)
+            )),
         );
     }
     let _ = writeln!(text, "\n--- last {} of {} messages ---", shown.len(), doc.message_count());
@@ -929,13 +1033,21 @@ pub fn sessions_command(data_dir: &Path, action: SessionsAction) -> Result<(), S
             SessionsAction::Export { key, format, out } => {
                 export(data_dir, &key, format, out.as_deref(), &mut stdout).map(|stats| {
                     if let Some(path) = &out {
-                        eprintln!("exported {key}: {} entries to {}", stats.entries, path.display());
+                        eprintln!(
+                            "exported {key}: {} entries to {}",
+                            stats.entries,
+                            path.display()
+                        );
                     }
                 })
             }
         }
     })
-    .map_err(|e| e.to_string())
+    .or_else(|e| match e {
+        // The reader went away (`beamclaw sessions list | head`): not a failure.
+        SessionsError::Write { source, .. } if source.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        e => Err(e.to_string()),
+    })
 }
 
 /// Runs `beamclaw import openclaw` on `data_dir`: success only when nothing was skipped.
@@ -989,7 +1101,10 @@ mod tests {
         let key = "agent:main:telegram:group:5:topic:77";
         assert_eq!(transcript_path(dir.path(), key, &settings), dir.path().join("s1.jsonl"));
         std::fs::write(dir.path().join("s1-topic-77.jsonl"), "").unwrap();
-        assert_eq!(transcript_path(dir.path(), key, &settings), dir.path().join("s1-topic-77.jsonl"));
+        assert_eq!(
+            transcript_path(dir.path(), key, &settings),
+            dir.path().join("s1-topic-77.jsonl")
+        );
         let settings = SessionSettings { session_file: Some("custom.jsonl".into()), ..settings };
         std::fs::write(dir.path().join("custom.jsonl"), "").unwrap();
         assert_eq!(transcript_path(dir.path(), key, &settings), dir.path().join("custom.jsonl"));

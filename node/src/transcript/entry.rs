@@ -39,7 +39,9 @@ pub struct SessionSettings {
 fn timestamp_ms(value: &Value) -> Option<i64> {
     match value {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.round() as i64)),
-        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
+        Value::String(s) => {
+            chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+        }
         _ => None,
     }
 }
@@ -281,7 +283,10 @@ mod tests {
         assert_eq!(settings.notes.len(), 4, "{:?}", settings.notes);
         assert!(settings.notes.iter().all(|n| n.severity == Severity::Note));
         let text: Vec<String> = settings.notes.iter().map(ToString::to_string).collect();
-        assert!(text[0].starts_with("sessions.json: \"agent:main:main\".label ignored"), "{text:?}");
+        assert!(
+            text[0].starts_with("sessions.json: \"agent:main:main\".label ignored"),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -303,7 +308,10 @@ mod tests {
             changes,
             MetaPatch { display_name: FieldPatch::Set("new".into()), ..MetaPatch::default() }
         );
-        assert_eq!(patch_changes(&changes, &SessionMeta { display_name: Some("new".into()), ..current }), MetaPatch::default());
+        assert_eq!(
+            patch_changes(&changes, &SessionMeta { display_name: Some("new".into()), ..current }),
+            MetaPatch::default()
+        );
     }
 
     #[test]

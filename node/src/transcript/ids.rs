@@ -41,8 +41,12 @@ impl EntryKind {
         }
     }
 
-    const TAGGED: [EntryKind; 4] =
-        [EntryKind::Compaction, EntryKind::BranchSummary, EntryKind::CustomMessage, EntryKind::NoReply];
+    const TAGGED: [EntryKind; 4] = [
+        EntryKind::Compaction,
+        EntryKind::BranchSummary,
+        EntryKind::CustomMessage,
+        EntryKind::NoReply,
+    ];
 }
 
 /// Whether `id` can be a pi entry id here: 1 to [`ENTRY_ID_BYTES_MAX`] characters of
@@ -133,7 +137,9 @@ mod tests {
 
     #[test]
     fn ids_not_derived_from_pi_are_not_parsed() {
-        for id in ["r:0f1e", "6c1f0000-0000-4000-8000-000000000000", "pi:", "pi:nope:ab", "pi:a:b:c"] {
+        for id in
+            ["r:0f1e", "6c1f0000-0000-4000-8000-000000000000", "pi:", "pi:nope:ab", "pi:a:b:c"]
+        {
             assert_eq!(parse_message_id(id), None, "{id}");
         }
     }

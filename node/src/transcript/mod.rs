@@ -13,9 +13,12 @@
 //! - **Active branch.** A transcript is a tree (`id`/`parentId`). What is imported is the path
 //!   from the last entry of the file (pi's leaf) back to the root, in root-to-leaf order.
 //!   Entries on other branches are not imported (a [`Severity::Note`] says how many).
-//! - **Damaged lines.** A line that does not parse is skipped and reported. When an entry's
-//!   parent is missing (typically because the parent's line was the damaged one), the walk goes
-//!   on from the entry on the line before it, so a damaged line loses only itself.
+//! - **Damaged lines.** A line that does not parse is skipped and reported. Its `id` and
+//!   `parentId`, which pi writes at the start of the line, are salvaged when they can be read,
+//!   so the tree keeps its shape and the walk passes through the damaged entry. When an entry's
+//!   parent is missing all the same (its line is unreadable from the start, or the file was
+//!   edited), the walk goes on from the entry on the line before it. Either way a damaged line
+//!   loses only itself.
 //! - **Message ids** are derived from the pi entry id, so importing twice appends nothing new
 //!   ([`ids`]): `pi:<entryId>` for user, assistant and toolResult messages;
 //!   `pi:compaction:<entryId>`, `pi:branch_summary:<entryId>`, `pi:custom_message:<entryId>` for
@@ -142,7 +145,9 @@ pub enum IssueReason {
          {TRANSCRIPT_VERSION}); open the session once with OpenClaw, which migrates it"
     )]
     UnsupportedVersion { version: u64 },
-    #[error("transcript version {version} is newer than {TRANSCRIPT_VERSION}; read as {TRANSCRIPT_VERSION}")]
+    #[error(
+        "transcript version {version} is newer than {TRANSCRIPT_VERSION}; read as {TRANSCRIPT_VERSION}"
+    )]
     NewerVersion { version: u64 },
     #[error("the header's id {header:?} is not the session id {expected:?} of sessions.json")]
     HeaderIdMismatch { header: String, expected: String },

@@ -71,6 +71,49 @@ struct Node {
     bytes: Range<usize>,
     id: String,
     parent: Option<String>,
+    /// A line that could not be read, whose `id` and `parentId` were salvaged
+    /// ([`salvage_links`]): the walk passes through it, nothing of it is imported (it was
+    /// reported as skipped).
+    damaged: bool,
+}
+
+/// Bytes at the start of a damaged line searched for its `id` and `parentId`; pi writes them
+/// right after `type`, before the message.
+pub const SALVAGE_SCAN_BYTES: usize = 512;
+
+/// The quoted string value of `"field":"..."` at its first occurrence in `text`, or `None` for
+/// `"field":null`; the outer `None` when the field is not there (or its value is not a plain
+/// string without escapes).
+fn raw_field<'t>(text: &'t str, field: &str) -> Option<Option<&'t str>> {
+    let needle = format!("\"{field}\":");
+    let at = text.find(&needle)? + needle.len();
+    let rest = text[at..].trim_start();
+    if rest.starts_with("null") {
+        return Some(None);
+    }
+    let value = rest.strip_prefix('"')?;
+    let end = value.find(['"', '\\'])?;
+    (value.as_bytes()[end] == b'"').then_some(Some(&value[..end]))
+}
+
+/// The `id` and `parentId` of a line that does not parse (cut short, a bad byte in its message),
+/// when they can still be read from its start: so that a damaged entry on the active branch does
+/// not cut the branch (its children name it as their parent).
+fn salvage_links(bytes: &[u8]) -> Option<(String, Option<String>)> {
+    let head = &bytes[..bytes.len().min(SALVAGE_SCAN_BYTES)];
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&head[..e.valid_up_to()]).ok()?,
+    };
+    let id = raw_field(text, "id")??;
+    if !is_valid_entry_id(id) {
+        return None;
+    }
+    let parent = raw_field(text, "parentId")?;
+    if parent.is_some_and(|p| !is_valid_entry_id(p)) {
+        return None;
+    }
+    Some((id.to_owned(), parent.map(str::to_owned)))
 }
 
 #[derive(Deserialize)]
@@ -90,7 +133,8 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
     std::iter::from_fn(move || {
         while start < bytes.len() {
             number += 1;
-            let end = bytes[start..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |p| start + p);
+            let end =
+                bytes[start..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |p| start + p);
             let mut range = start..end;
             start = end + 1;
             if bytes[range.clone()].last() == Some(&b'\r') {
@@ -179,18 +223,28 @@ pub fn parse_transcript(file: &Path, bytes: &[u8]) -> Result<Transcript, Issue> 
             issues.push(skip(IssueReason::TooManyEntries));
             break;
         }
+        // A line that cannot be read keeps its place in the tree when its links can be read.
+        let mut damaged = |reason, nodes: &mut Vec<Node>| {
+            issues.push(skip(reason));
+            if let Some((id, parent)) = salvage_links(&bytes[range.clone()])
+                && !by_id.contains_key(&id)
+            {
+                by_id.insert(id.clone(), nodes.len());
+                nodes.push(Node { line, bytes: range.clone(), id, parent, damaged: true });
+            }
+        };
         if range.len() > TRANSCRIPT_LINE_BYTES_MAX {
-            issues.push(skip(IssueReason::LineTooLong { len: range.len() }));
+            damaged(IssueReason::LineTooLong { len: range.len() }, &mut nodes);
             continue;
         }
         let head: EntryHead = match serde_json::from_slice(&bytes[range.clone()]) {
             Ok(head) => head,
             Err(e) if e.is_data() => {
-                issues.push(skip(IssueReason::BadEntry(json_problem(&e))));
+                damaged(IssueReason::BadEntry(json_problem(&e)), &mut nodes);
                 continue;
             }
             Err(e) => {
-                issues.push(skip(IssueReason::InvalidJson(json_problem(&e))));
+                damaged(IssueReason::InvalidJson(json_problem(&e)), &mut nodes);
                 continue;
             }
         };
@@ -213,11 +267,13 @@ pub fn parse_transcript(file: &Path, bytes: &[u8]) -> Result<Transcript, Issue> 
             continue;
         }
         by_id.insert(id.clone(), nodes.len());
-        nodes.push(Node { line, bytes: range, id, parent: head.parent_id });
+        nodes.push(Node { line, bytes: range, id, parent: head.parent_id, damaged: false });
     }
 
     let path = active_branch(file, &nodes, &by_id, &mut issues);
-    let off_branch = nodes.len() - path.len();
+    let damaged = nodes.iter().filter(|n| n.damaged).count();
+    let damaged_on_path = path.iter().filter(|&&i| nodes[i].damaged).count();
+    let off_branch = (nodes.len() - damaged) - (path.len() - damaged_on_path);
     if off_branch > 0 {
         issues.push(Issue::note(file, None, IssueReason::OffBranch { count: off_branch }));
     }
@@ -226,7 +282,9 @@ pub fn parse_transcript(file: &Path, bytes: &[u8]) -> Result<Transcript, Issue> 
     let mut convert = Converter::new(file, &header, &mut issues);
     for (pos, &index) in path.iter().enumerate() {
         let node = &nodes[index];
-        convert.entry(pos, node, &bytes[node.bytes.clone()]);
+        if !node.damaged {
+            convert.entry(pos, node, &bytes[node.bytes.clone()]);
+        }
     }
     let Converter { pieces, session_name, thinking_level, compactions, .. } = convert;
     let path_pos: HashMap<&str, usize> =
@@ -395,8 +453,15 @@ fn bad(field: impl Into<String>, problem: impl Into<String>) -> Skip {
     IssueReason::BadField { field: field.into(), problem: problem.into() }
 }
 
-fn string_field<'v>(object: &'v Map<String, Value>, field: &str, at: &str) -> Result<&'v str, Skip> {
-    object.get(field).and_then(Value::as_str).ok_or_else(|| bad(format!("{at}{field}"), "must be a string"))
+fn string_field<'v>(
+    object: &'v Map<String, Value>,
+    field: &str,
+    at: &str,
+) -> Result<&'v str, Skip> {
+    object
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("{at}{field}"), "must be a string"))
 }
 
 fn optional_string(object: &Map<String, Value>, field: &str) -> Option<String> {
@@ -418,7 +483,12 @@ impl<'a> Converter<'a> {
     }
 
     fn issue(&mut self, line: usize, severity: Severity, reason: IssueReason) {
-        self.issues.push(Issue { file: self.file.to_path_buf(), line: Some(line), severity, reason });
+        self.issues.push(Issue {
+            file: self.file.to_path_buf(),
+            line: Some(line),
+            severity,
+            reason,
+        });
     }
 
     fn entry(&mut self, pos: usize, node: &Node, bytes: &[u8]) {
@@ -426,7 +496,11 @@ impl<'a> Converter<'a> {
             Ok(value) => value,
             Err(e) => {
                 // The first pass parsed this line; only memory could fail here.
-                self.issue(node.line, Severity::Skipped, IssueReason::InvalidJson(json_problem(&e)));
+                self.issue(
+                    node.line,
+                    Severity::Skipped,
+                    IssueReason::InvalidJson(json_problem(&e)),
+                );
                 return;
             }
         };
@@ -451,7 +525,16 @@ impl<'a> Converter<'a> {
         let kind = entry.get("type").and_then(Value::as_str).unwrap_or_default();
         let system = |this: &mut Self, kind: EntryKind, content: Vec<ContentPart>, first_kept| {
             let ts = entry_ms.unwrap_or(this.last_ms);
-            this.push(pos, node, Role::System, message_id(kind, &node.id), content, ts, source_bytes, first_kept);
+            this.push(
+                pos,
+                node,
+                Role::System,
+                message_id(kind, &node.id),
+                content,
+                ts,
+                source_bytes,
+                first_kept,
+            );
         };
         match kind {
             "message" => {
@@ -535,7 +618,8 @@ impl<'a> Converter<'a> {
         let id = message_id(EntryKind::Message, &node.id);
         match role {
             "user" => {
-                let content = self.user_content(node.line, message.get("content"), "message.content")?;
+                let content =
+                    self.user_content(node.line, message.get("content"), "message.content")?;
                 self.push(pos, node, Role::User, id, content, ts, source_bytes, None);
             }
             "assistant" => {
@@ -552,7 +636,8 @@ impl<'a> Converter<'a> {
                         parsed
                     }
                 };
-                let pushed = self.push(pos, node, Role::Assistant, id, content, ts, source_bytes, None);
+                let pushed =
+                    self.push(pos, node, Role::Assistant, id, content, ts, source_bytes, None);
                 pushed.model = optional_string(message, "model");
                 pushed.provider = optional_string(message, "provider");
                 pushed.usage = usage;
@@ -566,7 +651,8 @@ impl<'a> Converter<'a> {
                     Some(Value::Bool(b)) => *b,
                     Some(_) => return Err(bad("message.isError", "must be true or false")),
                 };
-                let parts = self.user_content(node.line, message.get("content"), "message.content")?;
+                let parts =
+                    self.user_content(node.line, message.get("content"), "message.content")?;
                 let mut texts = Vec::new();
                 let mut others = Vec::new();
                 for part in parts {
@@ -586,7 +672,8 @@ impl<'a> Converter<'a> {
             }
             // `hookMessage` is the version 2 name of `custom`.
             "custom" | "hookMessage" if role == "custom" || self.version <= 2 => {
-                let content = self.user_content(node.line, message.get("content"), "message.content")?;
+                let content =
+                    self.user_content(node.line, message.get("content"), "message.content")?;
                 let id = message_id(EntryKind::CustomMessage, &node.id);
                 self.push(pos, node, Role::System, id, content, ts, source_bytes, None);
             }
@@ -598,7 +685,16 @@ impl<'a> Converter<'a> {
                     EntryKind::Compaction
                 };
                 let content = vec![ContentPart::Text { text: summary.to_owned() }];
-                self.push(pos, node, Role::System, message_id(kind, &node.id), content, ts, source_bytes, None);
+                self.push(
+                    pos,
+                    node,
+                    Role::System,
+                    message_id(kind, &node.id),
+                    content,
+                    ts,
+                    source_bytes,
+                    None,
+                );
             }
             other => return Err(IssueReason::UnsupportedRole { role: other.to_owned() }),
         }
@@ -620,7 +716,11 @@ impl<'a> Converter<'a> {
         }
     }
 
-    fn assistant_content(&mut self, line: usize, content: Option<&Value>) -> Result<Vec<ContentPart>, Skip> {
+    fn assistant_content(
+        &mut self,
+        line: usize,
+        content: Option<&Value>,
+    ) -> Result<Vec<ContentPart>, Skip> {
         match content {
             Some(Value::Array(parts)) => self.parts(line, parts, "message.content"),
             // Lenient: a bare string is one text part.
@@ -630,7 +730,12 @@ impl<'a> Converter<'a> {
         }
     }
 
-    fn parts(&mut self, line: usize, parts: &[Value], field: &str) -> Result<Vec<ContentPart>, Skip> {
+    fn parts(
+        &mut self,
+        line: usize,
+        parts: &[Value],
+        field: &str,
+    ) -> Result<Vec<ContentPart>, Skip> {
         let mut out = Vec::with_capacity(parts.len());
         for (index, part) in parts.iter().enumerate() {
             let at = format!("{field}[{index}].");
@@ -689,7 +794,9 @@ impl<'a> Converter<'a> {
                 None | Some(Value::Null) => Ok(0),
                 Some(Value::Number(n)) => n
                     .as_u64()
-                    .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f.round() as u64))
+                    .or_else(|| {
+                        n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f.round() as u64)
+                    })
                     .ok_or_else(|| format!("{field} must be a count of tokens")),
                 Some(_) => Err(format!("{field} must be a number")),
             }

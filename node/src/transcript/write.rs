@@ -88,14 +88,21 @@ enum Part<'a> {
         text: Cow<'a, str>,
     },
     #[serde(rename_all = "camelCase")]
-    Image { data: &'a str, mime_type: &'a str },
+    Image {
+        data: &'a str,
+        mime_type: &'a str,
+    },
     #[serde(rename_all = "camelCase")]
     Thinking {
         thinking: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         thinking_signature: Option<&'a str>,
     },
-    ToolCall { id: &'a str, name: &'a str, arguments: &'a Value },
+    ToolCall {
+        id: &'a str,
+        name: &'a str,
+        arguments: &'a Value,
+    },
 }
 
 #[derive(Serialize)]
@@ -280,7 +287,9 @@ fn short(reference: &str) -> &str {
 fn plan(message: &Message) -> Vec<Planned<'_>> {
     let ts = message.timestamp_ms;
     match message.role {
-        Role::User => vec![Planned::Message(PiMessage::User { content: user_parts(message), timestamp: ts })],
+        Role::User => {
+            vec![Planned::Message(PiMessage::User { content: user_parts(message), timestamp: ts })]
+        }
         Role::Assistant => {
             let stop = match (message.stop_reason, message.partial) {
                 (Some(stop), false) => stop_reason_name(stop),
@@ -315,7 +324,9 @@ fn plan(message: &Message) -> Vec<Planned<'_>> {
                 }
             }
             match results.first_mut() {
-                Some(Planned::Message(PiMessage::ToolResult { content, .. })) => content.extend(extra),
+                Some(Planned::Message(PiMessage::ToolResult { content, .. })) => {
+                    content.extend(extra)
+                }
                 // A tool result message without a tool result: keep its content in the context.
                 _ => results.push(Planned::Custom(extra)),
             }
@@ -338,7 +349,10 @@ fn line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
 }
 
 /// Writes `session` as a pi transcript to `out`.
-pub fn write_transcript(session: &ExportSession<'_>, out: &mut impl Write) -> io::Result<ExportStats> {
+pub fn write_transcript(
+    session: &ExportSession<'_>,
+    out: &mut impl Write,
+) -> io::Result<ExportStats> {
     let header = Header {
         kind: "session",
         version: TRANSCRIPT_VERSION,

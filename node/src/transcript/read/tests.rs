@@ -94,7 +94,10 @@ fn every_message_shape_converts() {
         u.content,
         vec![
             ContentPart::Text { text: "look".into() },
-            ContentPart::Image { mime_type: "image/png".into(), reference: "data:image/png;base64,aGk=".into() },
+            ContentPart::Image {
+                mime_type: "image/png".into(),
+                reference: "data:image/png;base64,aGk=".into()
+            },
         ]
     );
 
@@ -110,7 +113,11 @@ fn every_message_shape_converts() {
         vec![
             ContentPart::Thinking { thinking: "hmm".into(), signature: Some("sig".into()) },
             ContentPart::Text { text: "running".into() },
-            ContentPart::ToolCall { id: "call_1".into(), name: "exec".into(), arguments: json!({"cmd": "ls"}) },
+            ContentPart::ToolCall {
+                id: "call_1".into(),
+                name: "exec".into(),
+                arguments: json!({"cmd": "ls"})
+            },
         ]
     );
 
@@ -125,7 +132,10 @@ fn every_message_shape_converts() {
                 content: "line 1\nline 2".into(),
                 is_error: true,
             },
-            ContentPart::Image { mime_type: "image/jpeg".into(), reference: "data:image/jpeg;base64,AAA=".into() },
+            ContentPart::Image {
+                mime_type: "image/jpeg".into(),
+                reference: "data:image/jpeg;base64,AAA=".into()
+            },
         ]
     );
     assert_eq!(t.messages[2].line, 4);
@@ -147,7 +157,10 @@ fn only_the_active_branch_is_imported() {
     assert_eq!(ids(&t), ["pi:u1", "pi:a1", "pi:branch_summary:b1", "pi:u3", "pi:a3"]);
     assert_eq!(t.messages[2].message.role, Role::System);
     assert_eq!(t.messages[2].message.text_content(), "we tried another way");
-    assert_eq!(reasons(&t), ["s.jsonl: 2 entries on other branches than the active one were not imported"]);
+    assert_eq!(
+        reasons(&t),
+        ["s.jsonl: 2 entries on other branches than the active one were not imported"]
+    );
     assert_eq!(t.skipped(), 0);
 }
 
@@ -164,10 +177,7 @@ fn a_compaction_summary_goes_before_its_first_kept_message_and_nothing_is_droppe
         assistant("a3", Some("u3"), "new answer"),
     ]));
     assert!(t.issues.is_empty(), "{:?}", reasons(&t));
-    assert_eq!(
-        ids(&t),
-        ["pi:u1", "pi:a1", "pi:compaction:c1", "pi:u2", "pi:a2", "pi:u3", "pi:a3"]
-    );
+    assert_eq!(ids(&t), ["pi:u1", "pi:a1", "pi:compaction:c1", "pi:u2", "pi:a2", "pi:u3", "pi:a3"]);
     let summary = &t.messages[2].message;
     assert_eq!(summary.role, Role::System);
     assert_eq!(summary.text_content(), "the user asked old things");
@@ -187,7 +197,9 @@ fn a_compaction_whose_first_kept_entry_is_unknown_stays_where_it_is() {
 #[test]
 fn a_malformed_line_is_reported_and_skipped_and_the_rest_is_imported() {
     let mut text = transcript(&[user("u1", None, "first")]);
-    text.push_str("{\"type\":\"message\",\"id\":\"a1\",\"parentId\":\"u1\",\"message\":{\"role\":\n");
+    text.push_str(
+        "{\"type\":\"message\",\"id\":\"a1\",\"parentId\":\"u1\",\"message\":{\"role\":\n",
+    );
     text.push_str(&user("u2", Some("a1"), "after the damage").to_string());
     text.push('\n');
     text.push_str(&assistant("a2", Some("u2"), "answer").to_string());
@@ -195,26 +207,92 @@ fn a_malformed_line_is_reported_and_skipped_and_the_rest_is_imported() {
     let t = parse(&text);
     assert_eq!(ids(&t), ["pi:u1", "pi:u2", "pi:a2"]);
     let issues = reasons(&t);
-    assert_eq!(issues.len(), 2, "{issues:?}");
+    // The damaged entry's links were salvaged: u2 finds its parent, no bridging is needed.
+    assert_eq!(issues.len(), 1, "{issues:?}");
     assert!(issues[0].starts_with("s.jsonl:3: invalid JSON: "), "{issues:?}");
-    assert_eq!(issues[1], "s.jsonl:4: parent \"a1\" is missing; linked to the entry on the line before");
     assert_eq!(t.skipped(), 1);
     // Both user messages are answered by the only reply after them.
     assert_eq!(t.messages[2].message.reply_to, ["pi:u1", "pi:u2"]);
 }
 
 #[test]
+fn a_damaged_branch_point_keeps_the_abandoned_branch_out() {
+    // a1 is where the user went back to; its line is cut short. The active branch (b1, a3)
+    // hangs off it, after an abandoned branch (u2, a2) that also hangs off it.
+    let mut text = transcript(&[user("u1", None, "q")]);
+    // As pi writes it: type, id, parentId, timestamp, then the message (json! sorts keys).
+    text.push_str(r#"{"type":"message","id":"a1","parentId":"u1","timestamp":"2026-01-02T03:04:06.000Z","message":{"role":"assi"#);
+    text.push('\n');
+    for entry in [
+        user("u2", Some("a1"), "abandoned"),
+        assistant("a2", Some("u2"), "abandoned answer"),
+        user("b1", Some("a1"), "the other way"),
+        assistant("a3", Some("b1"), "kept"),
+    ] {
+        text.push_str(&entry.to_string());
+        text.push('\n');
+    }
+    let t = parse(&text);
+    assert_eq!(ids(&t), ["pi:u1", "pi:b1", "pi:a3"]);
+    let issues = reasons(&t);
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    assert!(issues[0].starts_with("s.jsonl:3: "), "{issues:?}");
+    assert!(issues[1].contains("2 entries on other branches"), "{issues:?}");
+    assert_eq!(t.skipped(), 1);
+}
+
+#[test]
+fn an_unreadable_parent_line_is_bridged_to_the_line_before() {
+    let mut text = transcript(&[user("u1", None, "q")]);
+    text.push_str("\u{1}garbage\n");
+    text.push_str(&assistant("a1", Some("lost"), "a").to_string());
+    text.push('\n');
+    let t = parse(&text);
+    assert_eq!(ids(&t), ["pi:u1", "pi:a1"]);
+    let issues = reasons(&t);
+    assert!(issues[0].starts_with("s.jsonl:3: invalid JSON: "), "{issues:?}");
+    assert_eq!(
+        issues[1],
+        "s.jsonl:4: parent \"lost\" is missing; linked to the entry on the line before"
+    );
+}
+
+#[test]
+fn links_are_salvaged_only_when_they_are_plain_entry_ids() {
+    assert_eq!(
+        salvage_links(br#"{"type":"message","id":"a1","parentId":null,"message":{"#),
+        Some(("a1".to_owned(), None))
+    );
+    assert_eq!(
+        salvage_links(br#"{"type":"message","id":"a1","parentId":"u1","mess"#),
+        Some(("a1".to_owned(), Some("u1".to_owned())))
+    );
+    assert_eq!(salvage_links(br#"{"type":"message","id":"a1""#), None, "no parentId yet");
+    assert_eq!(salvage_links(br#"{"type":"message","id":"a\"1","parentId":null"#), None);
+    assert_eq!(salvage_links(br#"{"type":"message","id":"a:1","parentId":null"#), None);
+    assert_eq!(salvage_links(b"\xff\xfe"), None);
+}
+
+#[test]
 fn entries_that_do_not_fit_their_shape_are_skipped_with_the_reason() {
     let t = parse(&transcript(&[
         user("u1", None, "q"),
-        message("a1", Some("u1"), json!({"role": "assistant", "content": [{"type": "toolCall", "name": "x"}]})),
+        message(
+            "a1",
+            Some("u1"),
+            json!({"role": "assistant", "content": [{"type": "toolCall", "name": "x"}]}),
+        ),
         message("b1", Some("a1"), json!({"role": "bashExecution", "command": "ls", "output": ""})),
         json!({"type": "mystery", "id": "m1", "parentId": "b1"}),
         json!({"type": "message", "id": "bad id!", "parentId": "m1"}),
         json!({"type": "message", "parentId": "m1"}),
         user("u1", Some("m1"), "duplicate id"),
-        message("a2", Some("m1"), json!({"role": "assistant", "stopReason": "eaten", "content": [
-            {"type": "text", "text": "ok"}, {"type": "hologram"}]})),
+        message(
+            "a2",
+            Some("m1"),
+            json!({"role": "assistant", "stopReason": "eaten", "content": [
+            {"type": "text", "text": "ok"}, {"type": "hologram"}]}),
+        ),
     ]));
     assert_eq!(ids(&t), ["pi:u1", "pi:a2"]);
     let issues = reasons(&t);
@@ -227,8 +305,8 @@ fn entries_that_do_not_fit_their_shape_are_skipped_with_the_reason() {
             "s.jsonl:6: entry id \"bad id!\" is not allowed: 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
             "s.jsonl:7: not a transcript entry: a \"message\" entry without an id",
             "s.jsonl:8: entry id \"u1\" was already used on line 2",
-            "s.jsonl:9: stop reason \"eaten\" is not known; left out",
             "s.jsonl:9: content part type \"hologram\" is not supported; the part was dropped",
+            "s.jsonl:9: stop reason \"eaten\" is not known; left out",
         ]
     );
     assert_eq!(t.messages[1].message.content, vec![ContentPart::Text { text: "ok".into() }]);
@@ -238,8 +316,14 @@ fn entries_that_do_not_fit_their_shape_are_skipped_with_the_reason() {
 #[test]
 fn files_that_are_not_transcripts_are_refused_whole() {
     let error = |text: &str| parse_transcript(file(), text.as_bytes()).unwrap_err().to_string();
-    assert_eq!(error(""), "s.jsonl: the file is empty (a transcript starts with a session header line)");
-    assert_eq!(error("\n  \n"), "s.jsonl: the file is empty (a transcript starts with a session header line)");
+    assert_eq!(
+        error(""),
+        "s.jsonl: the file is empty (a transcript starts with a session header line)"
+    );
+    assert_eq!(
+        error("\n  \n"),
+        "s.jsonl: the file is empty (a transcript starts with a session header line)"
+    );
     assert!(error("{nope").starts_with("s.jsonl:1: not a transcript header: "));
     assert!(error(&user("u1", None, "x").to_string()).contains("its type is not \"session\""));
     assert_eq!(
@@ -254,13 +338,21 @@ fn a_newer_version_is_read_with_a_note_and_version_2_hook_messages_are_custom() 
     let text = format!(
         "{}\n{}\n",
         r#"{"type":"session","version":2,"id":"s"}"#,
-        message("h1", None, json!({"role": "hookMessage", "content": "injected", "customType": "x"}))
+        message(
+            "h1",
+            None,
+            json!({"role": "hookMessage", "content": "injected", "customType": "x"})
+        )
     );
     let t = parse(&text);
     assert_eq!(ids(&t), ["pi:custom_message:h1"]);
     assert_eq!(t.messages[0].message.role, Role::System);
 
-    let t = parse(&format!("{}\n{}\n", r#"{"type":"session","version":4,"id":"s"}"#, user("u1", None, "x")));
+    let t = parse(&format!(
+        "{}\n{}\n",
+        r#"{"type":"session","version":4,"id":"s"}"#,
+        user("u1", None, "x")
+    ));
     assert_eq!(reasons(&t)[0], "s.jsonl:1: transcript version 4 is newer than 3; read as 3");
     assert_eq!(t.skipped(), 0);
 }
@@ -326,17 +418,15 @@ fn a_reply_never_lists_more_user_messages_than_allowed() {
 
 #[test]
 fn a_parent_cycle_ends_the_branch_instead_of_looping() {
-    let t = parse(&transcript(&[
-        user("u1", Some("a1"), "q"),
-        assistant("a1", Some("u1"), "a"),
-    ]));
+    let t = parse(&transcript(&[user("u1", Some("a1"), "q"), assistant("a1", Some("u1"), "a")]));
     assert_eq!(ids(&t), ["pi:u1", "pi:a1"]);
     assert!(reasons(&t)[0].contains("parent links loop back"), "{:?}", reasons(&t));
 }
 
 #[test]
 fn crlf_line_ends_and_blank_lines_are_accepted() {
-    let text = transcript(&[user("u1", None, "q"), assistant("a1", Some("u1"), "a")]).replace('\n', "\r\n\r\n");
+    let text = transcript(&[user("u1", None, "q"), assistant("a1", Some("u1"), "a")])
+        .replace('\n', "\r\n\r\n");
     let t = parse(&text);
     assert_eq!(ids(&t), ["pi:u1", "pi:a1"]);
     assert_eq!(t.messages[1].line, 5);
@@ -352,7 +442,18 @@ fn an_overlong_line_is_skipped_without_being_parsed() {
 
 /// What must survive an export and a re-import: everything but the bookkeeping fields the
 /// import derives (author, reply_to) and usage where there was none (pi always has one).
-fn comparable(m: &Message) -> (String, Role, Vec<ContentPart>, i64, Option<String>, Option<String>, Usage, Option<StopReason>) {
+type Comparable = (
+    String,
+    Role,
+    Vec<ContentPart>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Usage,
+    Option<StopReason>,
+);
+
+fn comparable(m: &Message) -> Comparable {
     (
         m.id.clone(),
         m.role,
@@ -394,12 +495,10 @@ fn arb_message(n: usize) -> BoxedStrategy<Message> {
         .prop_flat_map(move |role| {
             let id = id.clone();
             let parts = proptest::collection::vec(arb_part(role), 0..4);
-            let usage = (0u64..1_000_000, 0u64..1000, 0u64..1000, 0u64..1000).prop_map(|(i, o, r, w)| Usage {
-                input: i,
-                output: o,
-                cache_read: r,
-                cache_write: w,
-            });
+            let usage =
+                (0u64..1_000_000, 0u64..1000, 0u64..1000, 0u64..1000).prop_map(|(i, o, r, w)| {
+                    Usage { input: i, output: o, cache_read: r, cache_write: w }
+                });
             let stop = prop_oneof![
                 Just(StopReason::Stop),
                 Just(StopReason::Length),
@@ -408,36 +507,45 @@ fn arb_message(n: usize) -> BoxedStrategy<Message> {
                 Just(StopReason::Aborted)
             ];
             let result = ("[a-z_0-9]{1,10}", "[a-z]{0,6}", arb_text(), any::<bool>());
-            (parts, usage, stop, result, 0i64..4_000_000_000_000, proptest::option::of("[a-z0-9-]{1,12}"))
-                .prop_map(move |(parts, usage, stop, (call, tool, output, is_error), ts, model)| {
-                    let mut m = Message::text(id.clone(), role, "", ts);
-                    m.content = parts;
-                    match role {
-                        Role::Assistant => {
-                            m.usage = Some(usage);
-                            m.stop_reason = Some(stop);
-                            m.model = model.clone();
-                            m.provider = model.map(|_| "anthropic".to_owned());
-                        }
-                        Role::ToolResult => {
-                            let images: Vec<ContentPart> = m
-                                .content
-                                .drain(..)
-                                .filter(|p| matches!(p, ContentPart::Image { .. }))
+            (
+                parts,
+                usage,
+                stop,
+                result,
+                0i64..4_000_000_000_000,
+                proptest::option::of("[a-z0-9-]{1,12}"),
+            )
+                .prop_map(
+                    move |(parts, usage, stop, (call, tool, output, is_error), ts, model)| {
+                        let mut m = Message::text(id.clone(), role, "", ts);
+                        m.content = parts;
+                        match role {
+                            Role::Assistant => {
+                                m.usage = Some(usage);
+                                m.stop_reason = Some(stop);
+                                m.model = model.clone();
+                                m.provider = model.map(|_| "anthropic".to_owned());
+                            }
+                            Role::ToolResult => {
+                                let images: Vec<ContentPart> = m
+                                    .content
+                                    .drain(..)
+                                    .filter(|p| matches!(p, ContentPart::Image { .. }))
+                                    .collect();
+                                m.content = std::iter::once(ContentPart::ToolResult {
+                                    tool_call_id: call,
+                                    tool_name: tool,
+                                    content: output,
+                                    is_error,
+                                })
+                                .chain(images)
                                 .collect();
-                            m.content = std::iter::once(ContentPart::ToolResult {
-                                tool_call_id: call,
-                                tool_name: tool,
-                                content: output,
-                                is_error,
-                            })
-                            .chain(images)
-                            .collect();
+                            }
+                            _ => {}
                         }
-                        _ => {}
-                    }
-                    m
-                })
+                        m
+                    },
+                )
         })
         .boxed()
 }
@@ -481,11 +589,30 @@ fn system_messages_round_trip_as_the_entries_they_came_from() {
     ]));
     let messages: Vec<Message> = t.messages.iter().map(|m| m.message.clone()).collect();
     let mut bytes = Vec::new();
-    write_transcript(&ExportSession { session_id: "s", started_at_ms: 0, messages: &messages }, &mut bytes).unwrap();
-    let lines: Vec<Value> =
-        String::from_utf8(bytes.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    write_transcript(
+        &ExportSession { session_id: "s", started_at_ms: 0, messages: &messages },
+        &mut bytes,
+    )
+    .unwrap();
+    let lines: Vec<Value> = String::from_utf8(bytes.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let kinds: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["session", "message", "message", "compaction", "message", "custom_message", "branch_summary", "message"]);
+    assert_eq!(
+        kinds,
+        [
+            "session",
+            "message",
+            "message",
+            "compaction",
+            "message",
+            "custom_message",
+            "branch_summary",
+            "message"
+        ]
+    );
     // The compaction resumes the context at the entry after it, which was its first kept one.
     assert_eq!(lines[3]["id"], "c1");
     assert_eq!(lines[3]["firstKeptEntryId"], "u2");
