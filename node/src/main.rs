@@ -1,5 +1,6 @@
 //! The `beamclaw` command line: parses arguments and dispatches into the library's modules.
 
+use beamclaw::cli::sessions::{ExportFormat, SessionsAction};
 use beamclaw::cli::{self, DevicesAction};
 use beamclaw::config::{self, ConfigSource, LoadedConfig};
 use beamclaw::mock_llm;
@@ -95,6 +96,16 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Sessions of the data directory, read from its store directly (stop the node first).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Import sessions from another gateway's files into the data directory's store.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
     /// Serve a scripted model API (Anthropic and OpenAI wire formats) for tests and benchmarks.
     MockLlm {
         /// Address to listen on, e.g. 127.0.0.1:8900 (port 0 picks a free one).
@@ -125,6 +136,56 @@ enum DevCommand {
         /// Gateway port of the first node; node i uses base + 10*i (mesh: +1).
         #[arg(long, default_value_t = 18789)]
         base_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// The most recently updated sessions (from the index; no session is loaded).
+    List {
+        /// How many sessions to show.
+        #[arg(long, default_value_t = cli::sessions::LIST_LIMIT_DEFAULT)]
+        limit: usize,
+        /// Only this agent's sessions.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// A session's metadata and its last messages.
+    Show {
+        /// The session key, e.g. agent:main:main.
+        key: String,
+        /// How many of the last messages to print.
+        #[arg(long, default_value_t = cli::sessions::SHOW_LIMIT_DEFAULT)]
+        limit: usize,
+    },
+    /// Write a session's current transcript in OpenClaw's format.
+    Export {
+        /// The session key, e.g. agent:main:main.
+        key: String,
+        /// The output format (jsonl: the pi transcript OpenClaw reads as <sessionId>.jsonl).
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormatArg,
+        /// Write to this file (written whole, then renamed into place) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormatArg {
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// An OpenClaw state directory (e.g. ~/.openclaw): every agent's sessions.json and
+    /// transcripts. Exits non-zero when any line or session was skipped.
+    Openclaw {
+        /// The OpenClaw state directory (holds agents/<agentId>/sessions/sessions.json).
+        state_dir: PathBuf,
+        /// Import only this agent.
+        #[arg(long)]
+        agent: Option<String>,
     },
 }
 
@@ -186,6 +247,25 @@ fn main() -> ExitCode {
             };
             report(cli::devices(&loaded.data_dir, action))
         }
+        Command::Sessions { command } => {
+            let Some(dir) = locate_data_dir(data_dir) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let action = match command {
+                SessionsCommand::List { limit, agent } => SessionsAction::List { limit, agent },
+                SessionsCommand::Show { key, limit } => SessionsAction::Show { key, limit },
+                SessionsCommand::Export { key, format: ExportFormatArg::Jsonl, out } => {
+                    SessionsAction::Export { key, format: ExportFormat::Jsonl, out }
+                }
+            };
+            report(cli::sessions::sessions_command(&dir, action))
+        }
+        Command::Import { command: ImportCommand::Openclaw { state_dir, agent } } => {
+            let Some(dir) = locate_data_dir(data_dir) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            cli::sessions::import_command(&dir, &state_dir, agent.as_deref())
+        }
         Command::Dev { command: DevCommand::Cluster { nodes, base_port } } => {
             let Some(loaded) = load(data_dir, config_file) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -204,6 +284,18 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// The data directory alone (`--data-dir`, else $BEAMCLAW_HOME, else ~/.beamclaw), for the
+/// commands that work on its store and need no config.
+fn locate_data_dir(data_dir: Option<&Path>) -> Option<PathBuf> {
+    match ConfigSource::locate(data_dir, None) {
+        Ok(source) => Some(source.data_dir),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
     }
 }
 
