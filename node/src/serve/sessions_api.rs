@@ -5,7 +5,9 @@
 use beamclaw_crdt::doc::{FieldPatch, MetaPatch};
 use beamclaw_crdt::{IndexEntry, Message, SessionKey};
 use beamclaw_mesh::core::turn::{RunRef, TurnEvent};
-use beamclaw_mesh::core::{Event, RequestBody, RequestError, Response, RunStatus, SessionOp};
+use beamclaw_mesh::core::{
+    Epoch, Event, RequestBody, RequestError, Response, RunStatus, SessionOp,
+};
 use beamclaw_mesh::driver::MeshHandle;
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -77,7 +79,20 @@ impl SessionsApi for MeshSessions {
                 .local_sessions()
                 .await
                 .map_err(|e| SessionsError::Unavailable(e.to_string()))?;
-            Ok(rows.into_iter().filter(|(_, e)| e.deleted_at_ms.is_none()).collect())
+            Ok(rows
+                .into_iter()
+                .filter(|(_, e)| e.deleted_at_ms.is_none())
+                .map(|(key, mut entry)| {
+                    // The store names owners by the hex of their key; everything the session
+                    // tools compare them with (this node, message authors) uses the node id.
+                    if let Some(owner) = entry.owner.as_mut()
+                        && let Some(epoch) = Epoch::from_record(owner)
+                    {
+                        owner.node = epoch.node.to_string();
+                    }
+                    (key, entry)
+                })
+                .collect())
         })
     }
 

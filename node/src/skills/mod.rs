@@ -388,13 +388,27 @@ fn truthy_path(config: &Value, path: &str) -> bool {
     }
 }
 
+/// How gating looks at this machine: the environment and the binaries on PATH. Tests pass
+/// their own.
+pub struct Probe<'a> {
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub has_bin: &'a dyn Fn(&str) -> bool,
+}
+
+impl Probe<'static> {
+    /// The process environment and PATH.
+    pub fn system() -> Self {
+        Probe { env: &system_env, has_bin: &has_bin }
+    }
+}
+
+fn system_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// Gates one parsed skill: what it needs that this node lacks.
-pub fn gate(
-    fm: &Frontmatter,
-    key: &str,
-    settings: &SkillSettings,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Missing {
+pub fn gate(fm: &Frontmatter, key: &str, settings: &SkillSettings, probe: &Probe<'_>) -> Missing {
+    let (env, has_bin) = (probe.env, probe.has_bin);
     let mut missing = Missing::default();
     let Some(m) = &fm.manifest else { return missing };
     if !m.os.is_empty() && !m.os.iter().any(|o| o == platform()) {
@@ -438,14 +452,14 @@ pub fn gate(
 }
 
 /// Applies `skills.entries.<key>.enabled` and the gates to a parsed skill.
-fn settle(entry: &mut SkillEntry, settings: &SkillSettings, env: &dyn Fn(&str) -> Option<String>) {
+fn settle(entry: &mut SkillEntry, settings: &SkillSettings, probe: &Probe<'_>) {
     let Some(fm) = &entry.frontmatter else { return };
     let key = entry.key().to_string();
     if settings.entries.get(&key).and_then(|e| e.enabled) == Some(false) {
         entry.state = SkillState::Disabled;
         return;
     }
-    let missing = gate(fm, &key, settings, env);
+    let missing = gate(fm, &key, settings, probe);
     entry.state = if missing.is_empty() { SkillState::Ready } else { SkillState::Gated(missing) };
 }
 
@@ -453,7 +467,7 @@ fn settle(entry: &mut SkillEntry, settings: &SkillSettings, env: &dyn Fn(&str) -
 pub fn load_roots(
     roots: &[(SkillSource, PathBuf)],
     settings: &SkillSettings,
-    env: &dyn Fn(&str) -> Option<String>,
+    probe: &Probe<'_>,
 ) -> SkillCatalog {
     let mut catalog = SkillCatalog::default();
     let mut winners: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -477,7 +491,7 @@ pub fn load_roots(
                 entry.state = SkillState::Shadowed { by: by.clone() };
             } else {
                 winners.insert(entry.name.clone(), entry.file.clone());
-                settle(&mut entry, settings, env);
+                settle(&mut entry, settings, probe);
             }
             catalog.skills.push(entry);
         }
@@ -487,7 +501,7 @@ pub fn load_roots(
 
 /// Loads the skills of `workspace` with the config's settings and the process environment.
 pub fn load(workspace: &Path, settings: &SkillSettings) -> SkillCatalog {
-    load_roots(&settings.roots(workspace), settings, &|k| std::env::var(k).ok())
+    load_roots(&settings.roots(workspace), settings, &Probe::system())
 }
 
 fn xml_escape(s: &str) -> String {
@@ -662,4 +676,296 @@ pub fn render_table(catalog: &SkillCatalog) -> String {
         out.push_str(&format!("note: {n}\n"));
     }
     out
+}
+
+/// The `skills.status` report of one agent: its workspace's skills under the config's
+/// settings, plus `agentId`. `Err` names what was not found (an unknown agent).
+pub fn status_for_agent(loaded: &LoadedConfig, agent_id: &str) -> Result<Value, String> {
+    let agent = loaded.agent(agent_id).ok_or_else(|| format!("agent {agent_id:?}"))?;
+    let settings = SkillSettings::from_loaded(loaded);
+    let catalog = load(&agent.workspace, &settings);
+    let (ready, total) = catalog.ready_count();
+    tracing::debug!(agent = agent_id, ready, total, "skills.status");
+    let mut report = catalog.status_report(&agent.workspace, &settings);
+    if let Some(o) = report.as_object_mut() {
+        o.insert("agentId".into(), Value::String(agent_id.to_string()));
+    }
+    Ok(report)
+}
+
+/// `beamclaw skills list`: the skills of `agent` (default: the default agent) on this machine,
+/// or only those of `dir`; a table, or the `skills.status` JSON.
+pub fn list_command(
+    loaded: &LoadedConfig,
+    dir: Option<&Path>,
+    agent: Option<&str>,
+    as_json: bool,
+) -> Result<String, String> {
+    let settings = SkillSettings::from_loaded(loaded);
+    let (catalog, workspace) = match dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            let roots = [(SkillSource::Dir, dir.to_path_buf())];
+            (load_roots(&roots, &settings, &Probe::system()), dir.to_path_buf())
+        }
+        None => {
+            let id = agent.map(str::to_string).unwrap_or_else(|| loaded.default_agent_id());
+            let resolved = loaded.agent(&id).ok_or_else(|| {
+                format!("there is no agent {id:?} (agents: {})", loaded.agent_ids().join(", "))
+            })?;
+            (load(&resolved.workspace, &settings), resolved.workspace)
+        }
+    };
+    if as_json {
+        let report = catalog.status_report(&workspace, &settings);
+        return serde_json::to_string_pretty(&report).map_err(|e| e.to_string());
+    }
+    let mut out = String::new();
+    if dir.is_none() {
+        out.push_str("Searched, highest precedence first:\n");
+        for (source, root) in settings.roots(&workspace) {
+            out.push_str(&format!("  {:<17} {}\n", source.as_str(), root.display()));
+        }
+    }
+    out.push_str(&render_table(&catalog));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/skills")
+    }
+
+    fn settings(config_value: Value) -> SkillSettings {
+        SkillSettings { config_value, ..SkillSettings::default() }
+    }
+
+    /// A machine with `curl` and `claude` on PATH and nothing else; `OPENAI_API_KEY` set.
+    fn probe() -> Probe<'static> {
+        Probe {
+            env: &|k| (k == "OPENAI_API_KEY").then(|| "sk-test".to_string()),
+            has_bin: &|b| b == "curl" || b == "claude",
+        }
+    }
+
+    fn by_name<'a>(c: &'a SkillCatalog, name: &str) -> &'a SkillEntry {
+        c.skills.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no skill {name}"))
+    }
+
+    fn write_skill(root: &Path, folder: &str, text: &str) {
+        fs::create_dir_all(root.join(folder)).unwrap();
+        fs::write(root.join(folder).join(SKILL_FILE_NAME), text).unwrap();
+    }
+
+    #[test]
+    fn openclaw_published_skills_are_gated_on_bins_env_os_and_config() {
+        let roots = [(SkillSource::Dir, fixtures())];
+        let config = json!({"channels": {"telegram": {"botToken": "x"}}});
+        let c = load_roots(&roots, &settings(config), &probe());
+        assert_eq!(c.skills.len(), 11, "{c:#?}");
+        let state = |n: &str| by_name(&c, n).state.clone();
+        assert_eq!(state("weather"), SkillState::Ready);
+        assert_eq!(state("openai-whisper-api"), SkillState::Ready);
+        assert_eq!(state("coding-agent"), SkillState::Ready, "one of anyBins is enough");
+        let SkillState::Gated(m) = state("github") else { panic!("github: {:?}", state("github")) };
+        assert_eq!(m.bins, vec!["gh"]);
+        assert_eq!(m.describe(), "bins: gh");
+        let SkillState::Gated(m) = state("bird") else { panic!() };
+        assert_eq!(m.bins, vec!["bird"], "the legacy clawdbot key is read");
+        assert!(
+            by_name(&c, "bird").frontmatter.as_ref().unwrap().manifest.as_ref().unwrap().legacy_key
+        );
+        let SkillState::Gated(m) = state("discord") else { panic!() };
+        assert_eq!(m.config, vec!["channels.discord"]);
+        let SkillState::Gated(m) = state("notion-helper") else { panic!() };
+        assert_eq!(m.env, vec!["NOTION_API_KEY"]);
+        let SkillState::Gated(m) = state("apple-notes") else { panic!() };
+        if platform() != "darwin" {
+            assert_eq!(m.os, vec!["darwin"]);
+        }
+        assert_eq!(m.bins, vec!["memo"]);
+        // The github install options are read from the trailing-comma JSON5.
+        let gh = by_name(&c, "github").frontmatter.as_ref().unwrap().manifest.clone().unwrap();
+        assert_eq!(gh.install.len(), 2);
+        assert_eq!(gh.install[1].label, "Install GitHub CLI (apt)");
+        // notion-helper's other frontmatter keys.
+        let notion = by_name(&c, "notion-helper").frontmatter.clone().unwrap();
+        assert!(!notion.user_invocable && notion.disable_model_invocation);
+        assert_eq!(notion.command_dispatch.as_deref(), Some("tool"));
+        assert_eq!(notion.command_tool.as_deref(), Some("exec"));
+        // The unquoted `: ` in discord's description is read as OpenClaw reads it, with a warning.
+        let discord = by_name(&c, "discord").frontmatter.clone().unwrap();
+        assert!(discord.description.contains("discord tool: send messages"));
+        assert_eq!(discord.warnings.len(), 1);
+    }
+
+    #[test]
+    fn invalid_skills_are_reported_with_the_reason_and_the_others_still_load() {
+        let c = load_roots(&[(SkillSource::Dir, fixtures())], &settings(Value::Null), &probe());
+        let reason = |n: &str| match &by_name(&c, n).state {
+            SkillState::Invalid(r) => r.clone(),
+            other => panic!("{n} is {other:?}"),
+        };
+        assert!(reason("broken-metadata").contains("`metadata` is neither JSON5 nor YAML"));
+        assert!(reason("no-frontmatter").contains("does not start with a `---`"));
+        assert!(reason("no-description").contains("no description"));
+        let (ready, total) = c.ready_count();
+        assert_eq!((ready, total), (3, 11));
+
+        // Too big, not UTF-8, and a symlink out of the root: invalid too, never a panic.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("skills");
+        let big = format!("---\nname: big\ndescription: d\n---\n{}", "x".repeat(300_000));
+        write_skill(&root, "big", &big);
+        fs::create_dir_all(root.join("binary")).unwrap();
+        fs::write(root.join("binary").join(SKILL_FILE_NAME), [0xff, 0xfe, 0x00]).unwrap();
+        write_skill(dir.path(), "outside", "---\nname: outside\ndescription: d\n---\n");
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("escape")).unwrap();
+        write_skill(&root, "fine", "---\nname: fine\ndescription: works\n---\n");
+        let c = load_roots(&[(SkillSource::Dir, root)], &settings(Value::Null), &probe());
+        let state = |n: &str| by_name(&c, n).state.as_str();
+        assert_eq!(
+            (state("big"), state("binary"), state("escape"), state("fine")),
+            ("invalid", "invalid", "invalid", "ready")
+        );
+        assert!(
+            matches!(&by_name(&c, "big").state, SkillState::Invalid(r) if r.contains("at most 256000"))
+        );
+        assert!(
+            matches!(&by_name(&c, "escape").state, SkillState::Invalid(r) if r.contains("resolves outside"))
+        );
+    }
+
+    #[test]
+    fn precedence_workspace_then_agents_then_personal_then_managed_then_extra() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ws, home, data, extra) = (
+            dir.path().join("ws"),
+            dir.path().join("home"),
+            dir.path().join("data"),
+            dir.path().join("extra"),
+        );
+        let skill = |d: &str| format!("---\nname: notes\ndescription: from {d}\n---\n");
+        write_skill(&extra.clone(), "notes", &skill("extra"));
+        write_skill(&data.join("skills"), "notes", &skill("managed"));
+        write_skill(&home.join(".agents/skills"), "notes", &skill("personal"));
+        write_skill(&ws.join(".agents/skills"), "notes", &skill("workspace-agents"));
+        write_skill(&ws.join("skills"), "notes", &skill("workspace"));
+        write_skill(&extra, "only-extra", "---\nname: only-extra\ndescription: e\n---\n");
+        let settings = SkillSettings {
+            data_dir: data,
+            home: Some(home),
+            extra_dirs: vec![extra],
+            ..SkillSettings::default()
+        };
+        let sources: Vec<SkillSource> = settings.roots(&ws).iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            sources,
+            [
+                SkillSource::Workspace,
+                SkillSource::WorkspaceAgents,
+                SkillSource::PersonalAgents,
+                SkillSource::Managed,
+                SkillSource::Extra
+            ]
+        );
+        let description = |c: &SkillCatalog| {
+            let winner =
+                c.skills.iter().find(|s| s.name == "notes" && s.state == SkillState::Ready);
+            winner.and_then(|s| s.frontmatter.as_ref()).map(|f| f.description.clone())
+        };
+        let order = ["workspace", "workspace-agents", "personal", "managed", "extra"];
+        let folders = [
+            ws.join("skills"),
+            ws.join(".agents/skills"),
+            settings.home.clone().unwrap().join(".agents/skills"),
+            settings.data_dir.join("skills"),
+            settings.extra_dirs[0].clone(),
+        ];
+        for (i, expected) in order.iter().enumerate() {
+            let c = load_roots(&settings.roots(&ws), &settings, &probe());
+            assert_eq!(description(&c).as_deref(), Some(format!("from {expected}").as_str()));
+            let shadowed =
+                c.skills.iter().filter(|s| matches!(s.state, SkillState::Shadowed { .. })).count();
+            assert_eq!(shadowed, order.len() - 1 - i);
+            assert_eq!(by_name(&c, "only-extra").state, SkillState::Ready);
+            // Remove the winner: the next root wins.
+            fs::remove_dir_all(folders[i].join("notes")).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_prompt_lists_ready_model_invocable_skills_by_name_description_and_path_only() {
+        let c = load_roots(&[(SkillSource::Dir, fixtures())], &settings(Value::Null), &probe());
+        let prompt = c.prompt_section();
+        for ready in ["weather", "openai-whisper-api", "coding-agent"] {
+            assert!(prompt.contains(&format!("<name>{ready}</name>")), "{prompt}");
+            let path = fixtures().join(ready).join(SKILL_FILE_NAME);
+            assert!(prompt.contains(&format!("<location>{}</location>", path.display())));
+        }
+        for left_out in ["github", "notion-helper", "broken-metadata", "apple-notes"] {
+            assert!(!prompt.contains(&format!("<name>{left_out}</name>")), "{prompt}");
+        }
+        // Only name, description and location: not the body, the metadata or the emoji.
+        assert!(!prompt.contains("wttr.in/London") && !prompt.contains("🌤️"), "{prompt}");
+        assert!(prompt.contains("&lt;") || !prompt.contains("<script"));
+        assert_eq!(SkillCatalog::default().prompt_section(), "");
+    }
+
+    #[test]
+    fn disabled_entries_and_the_status_report() {
+        let mut s = settings(Value::Null);
+        s.entries.insert(
+            "weather".into(),
+            SkillEntrySettings { enabled: Some(false), ..Default::default() },
+        );
+        s.entries.insert(
+            "github".into(),
+            SkillEntrySettings { env_names: vec!["GH_TOKEN".into()], ..Default::default() },
+        );
+        let c = load_roots(&[(SkillSource::Dir, fixtures())], &s, &probe());
+        assert_eq!(by_name(&c, "weather").state, SkillState::Disabled);
+        let report = c.status_report(&fixtures(), &s);
+        let skills = report["skills"].as_array().unwrap();
+        let row = |n: &str| skills.iter().find(|r| r["name"] == n).unwrap().clone();
+        let gh = row("github");
+        assert_eq!(gh["status"], "gated");
+        assert_eq!(gh["missing"]["bins"], json!(["gh"]));
+        assert_eq!(gh["requirements"]["bins"], json!(["gh"]));
+        assert_eq!(gh["eligible"], false);
+        assert_eq!(gh["emoji"], "🐙");
+        assert_eq!(gh["reason"], "missing bins: gh");
+        let broken = row("broken-metadata");
+        assert_eq!(broken["status"], "invalid");
+        assert!(broken["reason"].as_str().unwrap().contains("JSON5"));
+        assert_eq!(row("weather")["status"], "disabled");
+        assert_eq!(row("openai-whisper-api")["primaryEnv"], "OPENAI_API_KEY");
+        assert_eq!(row("openai-whisper-api")["status"], "ready");
+        let table = render_table(&c);
+        assert!(table.starts_with("Skills (2/11 ready)"), "{table}");
+        assert!(table.contains("missing bins: gh"), "{table}");
+        assert!(table.contains("invalid"), "{table}");
+    }
+
+    #[test]
+    fn the_number_of_skills_read_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..(SKILLS_MAX + 3) {
+            let name = format!("s{i:04}");
+            write_skill(dir.path(), &name, &format!("---\nname: {name}\ndescription: d\n---\n"));
+        }
+        let c = load_roots(
+            &[(SkillSource::Dir, dir.path().to_path_buf())],
+            &settings(Value::Null),
+            &probe(),
+        );
+        assert_eq!(c.skills.len(), SKILLS_MAX);
+        assert!(c.notes.iter().any(|n| n.contains("the rest were not read")), "{:?}", c.notes);
+    }
 }

@@ -22,6 +22,9 @@
 //!   a new owner after its node was lost, timed out (`runTimeoutSeconds`; the child is aborted)
 //!   or failed.
 
+#[cfg(test)]
+pub(crate) mod memory;
+
 use crate::config::{LoadedConfig, SubagentsConfig};
 use crate::tools::sessions::{NewSession, SessionsApi, SessionsError, agent_of_key};
 use beamclaw_crdt::{ContentPart, Message, Role, SessionKey, StopReason};
@@ -48,6 +51,9 @@ pub const REPLY_SCAN_MESSAGES: usize = 50;
 /// After an `Aborted` event, how long a watch waits for the run to start again on another
 /// owner (a handoff aborts and restarts) before reporting it aborted.
 pub const ABORT_GRACE_MS: u64 = 5_000;
+/// A followed session whose owner cannot be reached this long (no node took it over) ends the
+/// watch as failed, so the parent hears of it instead of waiting for the run timeout.
+pub const UNREACHABLE_MS_MAX: u64 = 60_000;
 /// How long announcing into the parent is retried (OpenClaw's `announceTimeoutMs`).
 pub const ANNOUNCE_TIMEOUT_MS: u64 = 120_000;
 /// Pause between announce attempts.
@@ -154,6 +160,50 @@ impl SubagentPolicy {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// `maxSpawnDepth` may be set from 1 up to this (OpenClaw's range).
+pub const MAX_SPAWN_DEPTH_MAX: u32 = 5;
+
+/// Checks every `subagents` block of the config (`maxSpawnDepth` 1-5, counts at least 1).
+pub fn config_issues(config: &crate::config::Config) -> Vec<crate::config::ConfigIssue> {
+    let agents = &config.agents;
+    let blocks =
+        std::iter::once(("agents.defaults.subagents".to_string(), &agents.defaults.subagents))
+            .chain(
+                agents
+                    .entries
+                    .iter()
+                    .map(|(id, e)| (format!("agents.entries.{id}.subagents"), &e.subagents)),
+            )
+            .chain(
+                agents
+                    .list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("agents.list[{i}].subagents"), &e.subagents)),
+            );
+    let mut issues = Vec::new();
+    let mut issue = |path: String, message: String| {
+        let message = format!("{path}: {message}");
+        issues.push(crate::config::ConfigIssue { path, message });
+    };
+    for (path, block) in blocks {
+        let Some(s) = block else { continue };
+        if s.max_spawn_depth.is_some_and(|d| !(1..=MAX_SPAWN_DEPTH_MAX).contains(&d)) {
+            issue(
+                format!("{path}.maxSpawnDepth"),
+                format!("must be from 1 to {MAX_SPAWN_DEPTH_MAX}"),
+            );
+        }
+        if s.max_children_per_agent == Some(0) {
+            issue(format!("{path}.maxChildrenPerAgent"), "must be at least 1".into());
+        }
+        if s.max_concurrent == Some(0) {
+            issue(format!("{path}.maxConcurrent"), "must be at least 1".into());
+        }
+    }
+    issues
 }
 
 /// Why `sessions_spawn` refused; the message is what the model sees.
@@ -304,13 +354,14 @@ pub async fn follow_run(
     let never = CancellationToken::new();
     let cancel = cancel.unwrap_or(&never);
     let mut aborted_at: Option<Instant> = None;
+    let mut unreachable_since: Option<Instant> = None;
     let mut check = true;
     loop {
         if check {
             check = false;
             match find_reply(api, key, message_id).await {
                 Ok(Some(reply)) => return (RunEnd::Reply(Box::new(reply)), trace),
-                Ok(None) => {}
+                Ok(None) => unreachable_since = None,
                 Err(SessionsError::NotFound(_)) => {
                     let end = RunEnd::Failed {
                         kind: "not_found".into(),
@@ -318,7 +369,20 @@ pub async fn follow_run(
                     };
                     return (end, trace);
                 }
-                Err(e) => tracing::debug!(%key, error = %e, "cannot read the session; will retry"),
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "cannot read the session; will retry");
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_millis(UNREACHABLE_MS_MAX) {
+                        let end = RunEnd::Failed {
+                            kind: "unreachable".into(),
+                            message: format!(
+                                "session {key} could not be reached for {} s (its node was lost and no other node took it over): {e}",
+                                UNREACHABLE_MS_MAX / 1000
+                            ),
+                        };
+                        return (end, trace);
+                    }
+                }
             }
             if aborted_at.is_some_and(|t| t.elapsed() >= Duration::from_millis(ABORT_GRACE_MS)) {
                 return (RunEnd::Aborted, trace);
@@ -820,6 +884,296 @@ mod tests {
             is_error: false,
         }];
         assert_eq!(spawn_records(&[m]).get(&record.child), Some(&record));
+    }
+
+    use crate::tools::sessions::{SessionToolsConfig, register};
+    use crate::tools::{ToolContext, ToolRegistry};
+    use memory::{MemorySessions, NODE};
+
+    fn policy() -> SubagentPolicy {
+        SubagentPolicy {
+            agent_ids: vec!["main".into(), "ops".into()],
+            default_agent: "main".into(),
+            ..SubagentPolicy::default()
+        }
+    }
+
+    fn request(task: &str) -> SpawnRequest {
+        SpawnRequest {
+            task: task.into(),
+            label: Some("research".into()),
+            agent_id: None,
+            model: None,
+            run_timeout_seconds: None,
+            cleanup: Cleanup::Keep,
+        }
+    }
+
+    fn tools(api: Arc<MemorySessions>, supervisor: Arc<Supervisor>) -> ToolRegistry {
+        let mut registry = ToolRegistry::new();
+        let config = SessionToolsConfig {
+            default_agent: "main".into(),
+            agent_models: [("main".to_string(), "mock/m".to_string())].into(),
+            ..SessionToolsConfig::default()
+        };
+        register(&mut registry, api, supervisor, config).unwrap();
+        registry
+    }
+
+    fn ctx(session: &SessionKey) -> ToolContext {
+        ToolContext {
+            session: session.clone(),
+            epoch: 1,
+            run_id: "r".into(),
+            agent_id: "main".into(),
+            workspace: std::env::temp_dir(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Waits (in paused tokio time) until `f` holds.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..2_000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: never happened");
+    }
+
+    fn announcement(api: &MemorySessions, parent: &SessionKey) -> Option<Message> {
+        api.messages(parent).into_iter().find(|m| {
+            m.idempotency_key.as_deref().is_some_and(|k| k.starts_with(ANNOUNCE_KEY_PREFIX))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spawn_at_depth_two_is_refused_with_a_clear_tool_error() {
+        let api = Arc::new(MemorySessions::new());
+        let supervisor = Supervisor::new(api.clone(), policy());
+        let registry = tools(api.clone(), supervisor.clone());
+        let child = api.insert("agent:main:subagent:1111", "main", Some(1));
+        let tool = registry.get(SPAWN_TOOL).unwrap();
+        let out = tool.run(json!({"task": "go deeper"}), &ctx(&child)).await;
+        assert!(out.is_error, "{out:?}");
+        assert!(out.content.contains("spawn depth 1"), "{}", out.content);
+        assert!(out.content.contains("maxSpawnDepth is 1"), "{}", out.content);
+        // Nothing was created.
+        assert_eq!(api.sessions.lock().unwrap().len(), 1);
+        // A sub-agent key without a recorded depth is still a sub-agent.
+        let unrecorded = api.insert("agent:main:subagent:2222", "main", None);
+        let out = tool.run(json!({"task": "x"}), &ctx(&unrecorded)).await;
+        assert!(out.is_error && out.content.contains("maxSpawnDepth"), "{out:?}");
+        // With maxSpawnDepth 2 the depth-1 session may spawn, its depth-2 child may not.
+        let mut deeper = policy();
+        deeper.defaults.max_spawn_depth = Some(2);
+        let supervisor = Supervisor::new(api.clone(), deeper);
+        let record = supervisor.spawn(&child, "main", request("one more level")).await.unwrap();
+        let grandchild = api.session(&record.child).unwrap();
+        assert_eq!(grandchild.meta.spawn_depth, Some(2));
+        let refused = supervisor.spawn(&record.child, "main", request("too deep")).await;
+        assert_eq!(refused.unwrap_err(), SpawnError::DepthExceeded { depth: 2, max: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_result_is_announced_into_the_parent_and_the_child_deleted() {
+        let api = Arc::new(MemorySessions::new());
+        let supervisor = Supervisor::new(api.clone(), policy());
+        let registry = tools(api.clone(), supervisor.clone());
+        let parent = api.insert("agent:main:main", "main", None);
+        let out = registry
+            .get(SPAWN_TOOL)
+            .unwrap()
+            .run(
+                json!({"task": "find the answer", "label": "finder", "cleanup": "delete"}),
+                &ctx(&parent),
+            )
+            .await;
+        assert!(!out.is_error, "{out:?}");
+        let record = SpawnRecord::from_json(&out.content).unwrap();
+        assert!(record.child.as_str().starts_with("agent:main:subagent:"), "{}", record.child);
+        let uuid = record.child.as_str().rsplit(':').next().unwrap();
+        assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{uuid}");
+        let child = api.session(&record.child).unwrap();
+        assert_eq!(child.meta.spawned_by.as_deref(), Some("agent:main:main"));
+        assert_eq!(child.meta.spawn_depth, Some(1));
+        let task = &child.messages[0].text_content();
+        assert!(task.contains("find the answer") && task.contains("cannot spawn"), "{task}");
+        // The tool returned at once: nothing is announced before the child replies.
+        assert_eq!(supervisor.running().len(), 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(announcement(&api, &parent).is_none());
+
+        api.reply(&record.child, "the answer is 42", NODE, 1);
+        until("the announcement", || announcement(&api, &parent).is_some()).await;
+        let text = announcement(&api, &parent).unwrap().text_content();
+        assert!(text.starts_with("[sub-agent finder finished] The sub-agent completed."), "{text}");
+        assert!(text.contains("Result:\nthe answer is 42"), "{text}");
+        assert!(text.contains(&format!("It ran on node {NODE}")), "{text}");
+        until("the child is deleted", || api.session(&record.child).is_some_and(|s| s.deleted))
+            .await;
+        until("the watch ends", || supervisor.running().is_empty()).await;
+        // Resuming later finds it announced and does not announce twice.
+        supervisor.resume(None).await;
+        assert_eq!(api.messages(&parent).iter().filter(|m| m.idempotency_key.is_some()).count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_restarted_on_another_node_is_reported_as_moved() {
+        let api = Arc::new(MemorySessions::new());
+        let supervisor = Supervisor::new(api.clone(), policy());
+        let parent = api.insert("agent:main:main", "main", None);
+        let record = supervisor.spawn(&parent, "main", request("t")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        api.event(&record.child, 1, TurnEvent::Started { at_ms: 1 });
+        // Its node died; the new owner (node-b, epoch 2) ran the task again.
+        api.event(&record.child, 2, TurnEvent::Started { at_ms: 2 });
+        api.reply(&record.child, "done on b", "node-b", 2);
+        until("the announcement", || announcement(&api, &parent).is_some()).await;
+        let text = announcement(&api, &parent).unwrap().text_content();
+        assert!(text.contains("Its node (node-a) became unreachable"), "{text}");
+        assert!(text.contains("new owner (node-b), which finished it"), "{text}");
+        assert!(text.contains("done on b"), "{text}");
+        // cleanup keep: the child stays.
+        assert!(!api.session(&record.child).unwrap().deleted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_that_fails_or_times_out_is_reported_and_stopped() {
+        let api = Arc::new(MemorySessions::new());
+        let supervisor = Supervisor::new(api.clone(), policy());
+        let parent = api.insert("agent:main:main", "main", None);
+        let failing = supervisor.spawn(&parent, "main", request("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        api.event(
+            &failing.child,
+            1,
+            TurnEvent::Error { message: "model down".into(), kind: "provider_error".into() },
+        );
+        until("the failure is announced", || announcement(&api, &parent).is_some()).await;
+        let text = announcement(&api, &parent).unwrap().text_content();
+        assert!(text.contains("failed (provider_error): model down"), "{text}");
+
+        let parent2 = api.insert("agent:main:other", "main", None);
+        let mut slow = request("b");
+        slow.run_timeout_seconds = Some(30);
+        let slow = supervisor.spawn(&parent2, "main", slow).await.unwrap();
+        until("the timeout is announced", || announcement(&api, &parent2).is_some()).await;
+        let text = announcement(&api, &parent2).unwrap().text_content();
+        assert!(text.contains("timed out: no reply within runTimeoutSeconds = 30 s"), "{text}");
+        let aborted = api.aborted.lock().unwrap().clone();
+        assert_eq!(aborted, vec![(slow.child.clone(), slow.run_id.clone())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn children_per_session_and_concurrency_are_limited() {
+        let api = Arc::new(MemorySessions::new());
+        let mut p = policy();
+        p.defaults.max_concurrent = Some(7);
+        let supervisor = Supervisor::new(api.clone(), p);
+        let parent = api.insert("agent:main:main", "main", None);
+        for i in 0..5 {
+            supervisor.spawn(&parent, "main", request(&format!("t{i}"))).await.unwrap();
+        }
+        let refused = supervisor.spawn(&parent, "main", request("sixth")).await.unwrap_err();
+        assert_eq!(refused, SpawnError::TooManyChildren { running: 5, max: 5 });
+        assert!(refused.to_string().contains("maxChildrenPerAgent is 5"));
+        let other = api.insert("agent:main:second", "main", None);
+        for i in 0..2 {
+            supervisor.spawn(&other, "main", request(&format!("o{i}"))).await.unwrap();
+        }
+        let refused = supervisor.spawn(&other, "main", request("eighth")).await.unwrap_err();
+        assert_eq!(refused, SpawnError::TooManyConcurrent { running: 7, max: 7 });
+        // Another agent needs allowAgents; an unknown one is named.
+        let e = supervisor
+            .spawn(&other, "main", SpawnRequest { agent_id: Some("ops".into()), ..request("x") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SpawnError::AgentNotAllowed { .. }), "{e}");
+        let e = supervisor
+            .spawn(&other, "main", SpawnRequest { agent_id: Some("nope".into()), ..request("x") })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SpawnError::UnknownAgent { .. }), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_spawn_tool_checks_its_arguments() {
+        let api = Arc::new(MemorySessions::new());
+        let supervisor = Supervisor::new(api.clone(), policy());
+        let registry = tools(api.clone(), supervisor);
+        let parent = api.insert("agent:main:main", "main", None);
+        let tool = registry.get(SPAWN_TOOL).unwrap();
+        for (args, expect) in [
+            (json!({}), "task is required"),
+            (json!({"task": "  "}), "task is required"),
+            (json!({"task": "x", "cleanup": "archive"}), "cleanup"),
+            (json!({"task": "x", "mode": "session"}), "only \"run\""),
+            (json!({"task": "x", "model": "other/big"}), "cannot be chosen per sub-agent"),
+            (json!({"task": 5}), "task must be a string"),
+        ] {
+            let out = tool.run(args.clone(), &ctx(&parent)).await;
+            assert!(out.is_error && out.content.contains(expect), "{args}: {out:?}");
+        }
+        // The agent's own model (with or without the provider) is accepted.
+        for model in ["mock/m", "m"] {
+            let out = tool.run(json!({"task": "x", "model": model}), &ctx(&parent)).await;
+            assert!(!out.is_error, "{model}: {out:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_parent_owner_resumes_watching_unannounced_children() {
+        let api = Arc::new(MemorySessions::new());
+        let first = Supervisor::new(api.clone(), policy());
+        let parent = api.insert("agent:main:main", "main", None);
+        let record = first.spawn(&parent, "main", request("t")).await.unwrap();
+        // The spawn record as the parent's turn writes it.
+        let mut result = Message::text("t:1", Role::ToolResult, "", 1);
+        result.content = vec![ContentPart::ToolResult {
+            tool_call_id: "c".into(),
+            tool_name: SPAWN_TOOL.into(),
+            content: serde_json::to_string(&record.to_json()).unwrap(),
+            is_error: false,
+        }];
+        api.sessions.lock().unwrap().get_mut(&parent).unwrap().messages.push(result);
+        // Another node's supervisor (the parent's new owner) picks the watch up.
+        let second = Supervisor::new(api.clone(), policy());
+        second.resume(Some(HashSet::from([parent.clone()]))).await;
+        assert_eq!(second.running(), vec![(record.child.clone(), parent.clone())]);
+        api.reply(&record.child, "late result", NODE, 1);
+        until("the announcement", || announcement(&api, &parent).is_some()).await;
+        until("both watches end", || first.running().is_empty() && second.running().is_empty())
+            .await;
+        // Both watched it; the idempotency key made it one message.
+        let announced = api
+            .messages(&parent)
+            .iter()
+            .filter(|m| {
+                m.idempotency_key.as_deref().is_some_and(|k| k.starts_with(ANNOUNCE_KEY_PREFIX))
+            })
+            .count();
+        assert_eq!(announced, 1);
+    }
+
+    #[test]
+    fn config_limits_are_checked() {
+        let mut config = crate::config::Config::default();
+        config.agents.defaults.subagents = Some(SubagentsConfig {
+            max_spawn_depth: Some(6),
+            max_concurrent: Some(0),
+            ..Default::default()
+        });
+        let issues = config_issues(&config);
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["agents.defaults.subagents.maxSpawnDepth", "agents.defaults.subagents.maxConcurrent"]
+        );
+        config.agents.defaults.subagents =
+            Some(SubagentsConfig { max_spawn_depth: Some(5), ..Default::default() });
+        assert!(config_issues(&config).is_empty());
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub struct NewSession {
 pub trait SessionsApi: Send + Sync {
     /// This node's id (as message authors and owner records name it).
     fn node_id(&self) -> String;
-    /// The sessions this node holds (a replica or ownership), deleted ones left out.
+    /// The sessions this node holds (a replica or ownership), deleted ones left out; owners are
+    /// named by node id (as [`SessionsApi::node_id`]).
     fn list(&self) -> BoxFuture<'_, Result<Vec<(SessionKey, IndexEntry)>, SessionsError>>;
     /// The last `limit` messages and the metadata, from the session's owner.
     fn read<'a>(
@@ -226,6 +227,24 @@ impl Shared {
             SessionVisibility::Agent => own || child || agent_id == ctx.agent_id,
             SessionVisibility::All => true,
         }
+    }
+
+    /// `sessions_spawn`'s `model`: BeamClaw runs a session on its agent's model chain (it does
+    /// not honour per-session model overrides yet), so a model other than the agent's own is
+    /// refused rather than silently ignored. `provider/model` or the bare model id match.
+    fn check_model(&self, agent: &str, model: &str) -> Result<(), ToolOutput> {
+        let own = self.config.agent_models.get(agent);
+        let same =
+            own.is_some_and(|o| o == model || o.split_once('/').is_some_and(|(_, id)| id == model));
+        if same {
+            return Ok(());
+        }
+        let runs_on = own
+            .map(|o| format!("agent {agent:?} runs on {o}"))
+            .unwrap_or_else(|| format!("agent {agent:?} has no model configured here"));
+        Err(ToolOutput::error(format!(
+            "sessions_spawn refused: model {model:?} cannot be chosen per sub-agent in BeamClaw ({runs_on}); omit `model`, or spawn an agent configured with that model (agentId)"
+        )))
     }
 
     fn refusal(&self, ctx: &ToolContext, key: &SessionKey) -> ToolOutput {
@@ -568,7 +587,9 @@ impl Tool for SessionsSend {
                     match found.as_slice() {
                         [one] => one.clone(),
                         [] => {
-                            return ToolOutput::error(format!("no session has the label {label:?}"));
+                            return ToolOutput::error(format!(
+                                "no session has the label {label:?}"
+                            ));
                         }
                         many => {
                             return ToolOutput::error(format!(
@@ -780,9 +801,15 @@ impl Tool for SessionsSpawn {
                 Err(e) => return e,
             };
             let model = match opt_str(&args, "model") {
-                Ok(m) => m.map(str::to_string),
+                Ok(m) => m.map(str::trim).filter(|m| !m.is_empty()).map(str::to_string),
                 Err(e) => return e,
             };
+            if let Some(m) = &model {
+                let agent = agent_id.clone().unwrap_or_else(|| ctx.agent_id.clone());
+                if let Err(e) = self.shared.check_model(&agent, m) {
+                    return e;
+                }
+            }
             let run_timeout_seconds = match opt_u64(&args, "runTimeoutSeconds", 7 * 24 * 3600) {
                 Ok(n) => n,
                 Err(e) => return e,
