@@ -96,6 +96,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Skills on this machine: ready, gated (what is missing) or invalid (why).
+    Skills {
+        #[command(subcommand)]
+        command: SkillsCommand,
+    },
     /// Sessions of the data directory, read from its store directly (stop the node first).
     Sessions {
         #[command(subcommand)]
@@ -190,6 +195,22 @@ enum ImportCommand {
 }
 
 #[derive(Subcommand)]
+enum SkillsCommand {
+    /// The skills an agent sees, in precedence order (or only those in --dir).
+    List {
+        /// List only the skill folders inside this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The agent whose workspace is searched (default: the default agent).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Print the `skills.status` JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Check the config: prints OK, or every problem with its key path.
     Validate,
@@ -265,6 +286,21 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             };
             cli::sessions::import_command(&dir, &state_dir, agent.as_deref())
+        }
+        Command::Skills { command: SkillsCommand::List { dir, agent, json } } => {
+            let Some(loaded) = load(data_dir, config_file) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            match beamclaw::skills::list_command(&loaded, dir.as_deref(), agent.as_deref(), json) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Dev { command: DevCommand::Cluster { nodes, base_port } } => {
             let Some(loaded) = load(data_dir, config_file) else {

@@ -668,6 +668,7 @@ fn semantic_issues(config: &Config) -> Vec<ConfigIssue> {
         issue("messages.queue.cap".into(), "must be at least 1".into());
     }
     issues.extend(tools::issues(config));
+    issues.extend(crate::subagents::config_issues(config));
     issues
 }
 

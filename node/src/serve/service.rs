@@ -847,6 +847,25 @@ impl GatewayService for NodeService {
         });
         futures::stream::select(own, from_mesh).boxed()
     }
+
+    async fn skills_status(
+        &self,
+        agent_id: Option<String>,
+        session: Option<SessionKey>,
+    ) -> Result<Value, ServiceError> {
+        let agent = agent_id
+            .or_else(|| session.as_ref().map(|k| agent_of(k, &self.default_agent)))
+            .unwrap_or_else(|| self.default_agent.clone());
+        let loaded = self.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Reading skill folders is file I/O: off the async workers.
+        tokio::task::spawn_blocking(move || crate::skills::status_for_agent(&loaded, &agent))
+            .await
+            .map_err(|e| ServiceError::Unavailable {
+                message: format!("skills.status failed: {e}"),
+                retry_after_ms: None,
+            })?
+            .map_err(|what| ServiceError::NotFound { what })
+    }
 }
 
 fn tokio_stream_from(rx: broadcast::Receiver<NodeEvent>) -> BoxStream<'static, NodeEvent> {
