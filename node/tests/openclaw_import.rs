@@ -296,6 +296,14 @@ fn the_binary_reports_a_malformed_line_imports_the_rest_and_exits_non_zero() {
     let again = beamclaw(data.path(), &["import", "openclaw", state.path().to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert!(
+        text(&again.stderr).contains(&format!(
+            "{}:7: messages from here on were added at the end of the session, after 6 messages",
+            path.display()
+        )),
+        "a late message's place is reported: {}",
+        text(&again.stderr)
+    );
+    assert!(
         text(&again.stdout).contains(&format!("{MAIN_KEY}: updated, 1 messages added")),
         "{}",
         text(&again.stdout)

@@ -615,10 +615,15 @@ impl AgentImport<'_, '_> {
         let (mut added, mut present, mut pending_bytes) = (0, 0, 0usize);
         let mut usage = Usage::default();
         let mut committed = false;
+        // Messages appended before one that was already present: they belong earlier in the
+        // transcript than where the document now has them (at its end).
+        let mut first_appended_line: Option<usize> = None;
+        let mut out_of_place = 0usize;
         for imported in messages {
             match doc.append(&imported.message) {
                 Ok(AppendOutcome::Appended) => {
                     added += 1;
+                    first_appended_line.get_or_insert(imported.line);
                     if let Some(u) = imported.message.usage {
                         usage.input = usage.input.saturating_add(u.input);
                         usage.output = usage.output.saturating_add(u.output);
@@ -632,7 +637,12 @@ impl AgentImport<'_, '_> {
                         pending_bytes = 0;
                     }
                 }
-                Ok(AppendOutcome::Duplicate | AppendOutcome::Replaced) => present += 1,
+                Ok(AppendOutcome::Duplicate | AppendOutcome::Replaced) => {
+                    present += 1;
+                    if first_appended_line.is_some() {
+                        out_of_place += 1;
+                    }
+                }
                 Err(e) => {
                     let reason = IssueReason::NotStored(e.to_string());
                     self.reporter.issue(&Issue::skipped(source, Some(imported.line), reason));
@@ -641,6 +651,10 @@ impl AgentImport<'_, '_> {
         }
         if usage != Usage::default() {
             doc.add_usage(&usage).map_err(doc_failure)?;
+        }
+        if let Some(line) = first_appended_line.filter(|_| out_of_place > 0) {
+            let reason = IssueReason::OutOfPlace { present: out_of_place };
+            self.reporter.issue(&Issue::note(source, Some(line), reason));
         }
         let compactions = settings
             .compaction_count

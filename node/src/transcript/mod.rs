@@ -188,6 +188,11 @@ pub enum IssueReason {
     FieldIgnored { field: String, problem: String },
     #[error("session {key:?}: {problem}")]
     Session { key: String, problem: String },
+    #[error(
+        "messages from here on were added at the end of the session, after {present} messages \
+         that follow them in the transcript and were imported before"
+    )]
+    OutOfPlace { present: usize },
     #[error("message not stored: {0}")]
     NotStored(String),
 }
