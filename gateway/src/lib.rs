@@ -37,9 +37,10 @@ pub use prometheus_client::registry::Registry;
 pub use server::{BoundGateway, GatewayError, bind, serve};
 pub use service::{
     AbortOutcome, AbortTarget, Attachment, ChatAccepted, ChatHistory, ChatInject, ChatSend,
-    ConfigWrite, ConfigWriteMode, FastMode, FieldPatch, GatewayService, HistoryQuery, Member,
-    ModelInfo, NodeEvent, NodeHealth, NodeInfo, NodeStatus, Readiness, RecentSession, ResetReason,
-    RunEvent, RunOutcome, RunStatus, SendStatus, ServiceError, SessionChange, SessionCreate,
-    SessionPatch, SessionQuery, SessionSettings, SessionSummary, ToolInvocation,
+    ConfigWrite, ConfigWriteMode, ExecApproval, ExecApprovalResolution, FastMode, FieldPatch,
+    GatewayService, HistoryQuery, Member, ModelInfo, NodeEvent, NodeHealth, NodeInfo, NodeStatus,
+    Readiness, RecentSession, ResetReason, RunEvent, RunOutcome, RunStatus, SendStatus,
+    ServiceError, SessionChange, SessionCreate, SessionPatch, SessionQuery, SessionSettings,
+    SessionSummary, ToolInvocation,
 };
 pub use ws::io::PREAUTH_FRAME_BYTES_MAX;

@@ -166,6 +166,14 @@ impl<S: GatewayService> Shared<S> {
                 self.shutdown_announced.store(true, Ordering::Release);
                 self.connections.broadcast("shutdown", &payload.to_string(), None);
             }
+            NodeEvent::ExecApprovalRequested(approval) => {
+                let payload = wire::exec_approval(&approval);
+                self.connections.broadcast("exec.approval.requested", &payload.to_string(), None);
+            }
+            NodeEvent::ExecApprovalResolved(resolution) => {
+                let payload = wire::exec_approval_resolved(&resolution);
+                self.connections.broadcast("exec.approval.resolved", &payload.to_string(), None);
+            }
         }
     }
 

@@ -122,6 +122,36 @@ pub trait GatewayService: Send + Sync + 'static {
         invocation: ToolInvocation,
     ) -> impl Future<Output = Result<Value, ServiceError>> + Send;
 
+    /// Exec approvals of the whole mesh, pending first then the most recent decided ones
+    /// (`exec.approval.list`). A node without exec approvals says so.
+    fn exec_approvals_list(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ExecApproval>, ServiceError>> + Send {
+        async { Err(no_exec_approvals()) }
+    }
+
+    /// One exec approval (`exec.approval.get`); an unknown id is [`ServiceError::NotFound`].
+    fn exec_approval_get(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<ExecApproval, ServiceError>> + Send {
+        let _ = id;
+        async { Err(no_exec_approvals()) }
+    }
+
+    /// An operator's decision on a pending exec approval (`exec.approval.resolve`), whichever
+    /// node's command waits for it. `decision` is `allow-once`, `allow-always` or `deny`;
+    /// `resolved_by` names the operator for the record.
+    fn exec_approval_resolve(
+        &self,
+        id: String,
+        decision: String,
+        resolved_by: String,
+    ) -> impl Future<Output = Result<ExecApprovalResolution, ServiceError>> + Send {
+        let _ = (id, decision, resolved_by);
+        async { Err(no_exec_approvals()) }
+    }
+
     /// Turn events of every run of one session, from now on, wherever its owner runs.
     ///
     /// The gateway holds at most one subscription per session and fans it out to its clients;
@@ -134,23 +164,6 @@ pub trait GatewayService: Send + Sync + 'static {
 
     /// Node-wide events. Called once by `serve`.
     fn node_events(&self) -> BoxStream<'static, NodeEvent>;
-
-    /// The skills of one agent on this node (`skills.status`), as OpenClaw's report:
-    /// `{workspaceDir, managedSkillsDir, skills: [...]}`. `agent_id` wins over `session`; with
-    /// neither, the default agent. Skills are per node (binaries, environment), so this node
-    /// answers for itself. A node without skills support says so.
-    fn skills_status(
-        &self,
-        agent_id: Option<String>,
-        session: Option<SessionKey>,
-    ) -> impl Future<Output = Result<Value, ServiceError>> + Send {
-        let _ = (agent_id, session);
-        async {
-            Err(ServiceError::Invalid {
-                message: "skills.status is not served by this node".into(),
-            })
-        }
-    }
 }
 
 /// Facts about this node that do not change while it runs.
@@ -443,6 +456,46 @@ pub struct RunEvent {
     pub event: TurnEvent,
 }
 
+/// A command waiting for (or decided by) an operator: `exec.approval.requested`, and the rows of
+/// `exec.approval.list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecApproval {
+    pub id: String,
+    pub command: String,
+    pub cwd: String,
+    pub agent_id: String,
+    pub session_key: String,
+    /// The node whose command waits.
+    pub node_id: String,
+    /// The binaries the command resolves to (what `allow-always` adds to the allowlist).
+    pub resolved_paths: Vec<String>,
+    /// `deny`, `allowlist` or `full`.
+    pub security: String,
+    /// `off`, `on-miss` or `always`.
+    pub ask: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// The decision, once there is one.
+    pub resolution: Option<ExecApprovalResolution>,
+}
+
+/// The decision on an exec approval (`exec.approval.resolved`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecApprovalResolution {
+    pub id: String,
+    /// `allow-once`, `allow-always` or `deny`.
+    pub decision: String,
+    /// The operator, or why nobody did (`askFallback`, `turn aborted`).
+    pub resolved_by: String,
+    /// `operator`, `timeout` or `cancelled`.
+    pub source: String,
+    pub at_ms: i64,
+}
+
+fn no_exec_approvals() -> ServiceError {
+    ServiceError::Invalid { message: "exec approvals are not served by this node".into() }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionChange {
     Created,
@@ -475,6 +528,10 @@ pub enum NodeEvent {
     Health(NodeHealth),
     /// The node is draining: clients should reconnect elsewhere (`shutdown`).
     Shutdown { reason: String, restart_expected_ms: Option<u64> },
+    /// A command on some node of the mesh waits for an operator (`exec.approval.requested`).
+    ExecApprovalRequested(Box<ExecApproval>),
+    /// An exec approval was decided, anywhere in the mesh (`exec.approval.resolved`).
+    ExecApprovalResolved(ExecApprovalResolution),
 }
 
 /// Why a service call failed; each maps to one OpenClaw error code.

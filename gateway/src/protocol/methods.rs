@@ -72,13 +72,15 @@ methods! {
     SessionsMessagesUnsubscribe => "sessions.messages.unsubscribe", SCOPE_READ;
     SessionsSend => "sessions.send", SCOPE_WRITE;
     SessionsAbort => "sessions.abort", SCOPE_WRITE;
+    ExecApprovalList => "exec.approval.list", SCOPE_APPROVALS;
+    ExecApprovalGet => "exec.approval.get", SCOPE_APPROVALS;
+    ExecApprovalResolve => "exec.approval.resolve", SCOPE_APPROVALS;
     DevicePairList => "device.pair.list", SCOPE_PAIRING;
     DevicePairApprove => "device.pair.approve", SCOPE_PAIRING;
     DevicePairReject => "device.pair.reject", SCOPE_PAIRING;
     DevicePairRemove => "device.pair.remove", SCOPE_PAIRING;
     DeviceTokenRotate => "device.token.rotate", SCOPE_PAIRING;
     DeviceTokenRevoke => "device.token.revoke", SCOPE_PAIRING;
-    SkillsStatus => "skills.status", SCOPE_READ;
 }
 
 impl Method {

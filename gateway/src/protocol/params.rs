@@ -200,17 +200,6 @@ pub(crate) struct SessionsListParams {
     pub(crate) active_minutes: Option<u64>,
 }
 
-/// `skills.status`: whose skills (an agent, or the agent of a session; default: the default
-/// agent).
-#[derive(Deserialize, Debug, Default)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct SkillsStatusParams {
-    #[serde(default)]
-    pub(crate) agent_id: Option<String>,
-    #[serde(default)]
-    pub(crate) session_key: Option<String>,
-}
-
 /// `sessions.get`, `sessions.messages.subscribe|unsubscribe`: just a key.
 #[derive(Deserialize, Debug)]
 #[serde(rename_all = "camelCase")]
@@ -334,6 +323,32 @@ pub(crate) struct ConfigWriteParams {
     pub(crate) raw: String,
     #[serde(default)]
     pub(crate) base_hash: Option<String>,
+}
+
+/// `exec.approval.get`.
+#[derive(Deserialize, Debug)]
+pub(crate) struct ExecApprovalIdParams {
+    pub(crate) id: String,
+}
+
+/// `exec.approval.resolve`. `reviewer` (a channel sender) and `grantExpiresInDays` are accepted
+/// as OpenClaw's schema allows them (`grantExpiresInDays` is ignored: BeamClaw's allow-always
+/// entries do not expire).
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ExecApprovalResolveParams {
+    pub(crate) id: String,
+    pub(crate) decision: String,
+    #[serde(default)]
+    pub(crate) reviewer: Option<ExecApprovalReviewer>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ExecApprovalReviewer {
+    pub(crate) channel: String,
+    pub(crate) account_id: String,
+    pub(crate) sender_id: String,
 }
 
 /// `device.pair.approve` and `device.pair.reject`.

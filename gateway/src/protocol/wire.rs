@@ -4,7 +4,10 @@
 use beamclaw_crdt::{ContentPart, Message, Role, SessionKey, StopReason, Usage};
 use serde_json::{Map, Value, json};
 
-use crate::service::{FastMode, Member, ModelInfo, NodeHealth, NodeInfo, SessionSummary};
+use crate::service::{
+    ExecApproval, ExecApprovalResolution, FastMode, Member, ModelInfo, NodeHealth, NodeInfo,
+    SessionSummary,
+};
 
 /// A transcript message in pi's shape (OPENCLAW.md §3): `{role, content[], timestamp, ...}`.
 pub(crate) fn message(message: &Message) -> Value {
@@ -72,6 +75,51 @@ fn content_part(part: &ContentPart) -> Value {
 }
 
 /// pi's usage: `{input, output, cacheRead, cacheWrite, totalTokens}`.
+/// An exec approval as OpenClaw's `exec.approval.requested` payload (`{id, request, createdAtMs,
+/// expiresAtMs}`), with BeamClaw's `nodeId` and every resolved binary; a decided one carries
+/// `status`, `decision` and `resolvedBy` too (`exec.approval.list`, `exec.approval.get`).
+pub(crate) fn exec_approval(approval: &ExecApproval) -> Value {
+    let mut out = json!({
+        "id": approval.id,
+        "request": {
+            "command": approval.command,
+            "cwd": approval.cwd,
+            "host": "gateway",
+            "security": approval.security,
+            "ask": approval.ask,
+            "agentId": approval.agent_id,
+            "resolvedPath": approval.resolved_paths.first(),
+            "resolvedPaths": approval.resolved_paths,
+            "sessionKey": approval.session_key,
+            "nodeId": approval.node_id,
+        },
+        "nodeId": approval.node_id,
+        "createdAtMs": approval.created_at_ms,
+        "expiresAtMs": approval.expires_at_ms,
+        "status": "pending",
+    });
+    if let Some(r) = &approval.resolution {
+        out["status"] = json!(if r.decision == "deny" { "denied" } else { "allowed" });
+        out["decision"] = json!(r.decision);
+        out["resolvedBy"] = json!(r.resolved_by);
+        out["resolvedAtMs"] = json!(r.at_ms);
+        out["source"] = json!(r.source);
+    }
+    out
+}
+
+/// OpenClaw's `exec.approval.resolved` payload (`{id, decision, resolvedBy, ts}`), plus the
+/// decision's `source`.
+pub(crate) fn exec_approval_resolved(r: &ExecApprovalResolution) -> Value {
+    json!({
+        "id": r.id,
+        "decision": r.decision,
+        "resolvedBy": r.resolved_by,
+        "ts": r.at_ms,
+        "source": r.source,
+    })
+}
+
 pub(crate) fn usage_value(usage: &Usage) -> Value {
     json!({
         "input": usage.input,

@@ -399,6 +399,8 @@ pub(crate) const EVENTS: &[&str] = &[
     "sessions.changed",
     "device.pair.requested",
     "device.pair.resolved",
+    "exec.approval.requested",
+    "exec.approval.resolved",
 ];
 
 async fn hello_ok<S: GatewayService>(

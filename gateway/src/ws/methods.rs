@@ -16,12 +16,13 @@ use crate::protocol::frames::response_ok;
 use crate::protocol::methods::Method;
 use crate::protocol::params::{
     self, AgentParams, AgentWaitParams, AttachmentParam, ChatAbortParams, ChatHistoryParams,
-    ChatInjectParams, ChatSendParams, ConfigWriteParams, DeviceIdParams, FastModeParam,
-    HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, IDEMPOTENCY_KEY_BYTES_MAX, INJECT_LABEL_BYTES_MAX,
-    IgnoredParams, PairRequestParams, RUN_ID_BYTES_MAX, ResetReasonParam, SESSION_LABEL_BYTES_MAX,
-    SESSIONS_PATCH_SUPPORTED, SHORT_FIELD_BYTES_MAX, SessionKeyParams, SessionsAbortParams,
-    SessionsCreateParams, SessionsDeleteParams, SessionsListParams, SessionsPatchParams,
-    SessionsResetParams, SessionsSendParams, TokenRevokeParams, TokenRotateParams,
+    ChatInjectParams, ChatSendParams, ConfigWriteParams, DeviceIdParams, ExecApprovalIdParams,
+    ExecApprovalResolveParams, FastModeParam, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
+    IDEMPOTENCY_KEY_BYTES_MAX, INJECT_LABEL_BYTES_MAX, IgnoredParams, PairRequestParams,
+    RUN_ID_BYTES_MAX, ResetReasonParam, SESSION_LABEL_BYTES_MAX, SESSIONS_PATCH_SUPPORTED,
+    SHORT_FIELD_BYTES_MAX, SessionKeyParams, SessionsAbortParams, SessionsCreateParams,
+    SessionsDeleteParams, SessionsListParams, SessionsPatchParams, SessionsResetParams,
+    SessionsSendParams, TokenRevokeParams, TokenRotateParams,
 };
 use crate::protocol::wire;
 use crate::server::Shared;
@@ -32,6 +33,8 @@ use crate::service::{
 };
 use crate::util::{now_ms, truncate_chars};
 
+/// The decisions `exec.approval.resolve` accepts (OpenClaw's `ApprovalDecision`).
+pub(crate) const EXEC_APPROVAL_DECISIONS: &[&str] = &["allow-once", "allow-always", "deny"];
 /// `agent.wait` waits this long when the client names no `timeoutMs`.
 pub(crate) const AGENT_WAIT_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Longest wait for a run (`agent.wait`, the final `agent` answer), milliseconds.
@@ -447,6 +450,45 @@ pub(crate) async fn handle<S: GatewayService>(
             let was = unfollow(shared, connection, &key);
             Ok(json!({"subscribed": false, "key": key.as_str(), "wasSubscribed": was}))
         }
+        Method::ExecApprovalList => {
+            let _: IgnoredParams = decode(method, raw)?;
+            let approvals = service.exec_approvals_list().await?;
+            let rows: Vec<Value> = approvals.iter().map(wire::exec_approval).collect();
+            Ok(json!({"ts": now_ms().max(0), "approvals": rows}))
+        }
+        Method::ExecApprovalGet => {
+            let p: ExecApprovalIdParams = decode(method, raw)?;
+            params::bounded("id", &p.id, 1, SHORT_FIELD_BYTES_MAX)?;
+            let approval = service.exec_approval_get(p.id).await?;
+            Ok(wire::exec_approval(&approval))
+        }
+        Method::ExecApprovalResolve => {
+            let p: ExecApprovalResolveParams = decode(method, raw)?;
+            params::bounded("id", &p.id, 1, SHORT_FIELD_BYTES_MAX)?;
+            if !EXEC_APPROVAL_DECISIONS.contains(&p.decision.as_str()) {
+                return Err(WireError::invalid(format!(
+                    "params.decision must be one of {}",
+                    EXEC_APPROVAL_DECISIONS.join(", ")
+                )));
+            }
+            let client = &connection.client;
+            let who = client.display_name.as_deref().unwrap_or(&client.id);
+            let resolved_by = match (&p.reviewer, &connection.device_id) {
+                (Some(r), _) => {
+                    format!("{}:{}:{} via {who}", r.channel, r.account_id, r.sender_id)
+                }
+                (None, Some(device)) => format!("{who} (device {})", truncate_chars(device, 16)),
+                (None, None) => format!("{who} (connection {})", connection.conn_id),
+            };
+            let resolution = service
+                .exec_approval_resolve(
+                    p.id,
+                    p.decision,
+                    truncate_chars(&resolved_by, SHORT_FIELD_BYTES_MAX).to_string(),
+                )
+                .await?;
+            Ok(wire::exec_approval_resolved(&resolution))
+        }
         Method::DevicePairList => {
             let _: IgnoredParams = decode(method, raw)?;
             let snapshot = pairing_call(&shared.pairing, |s| s.snapshot(now_ms())).await?;
@@ -503,19 +545,6 @@ pub(crate) async fn handle<S: GatewayService>(
             pairing_call(&shared.pairing, move |s| s.revoke_token(&device_id, &role, now)).await?;
             shared.connections.close_device(&p.device_id, "device token revoked");
             Ok(json!({"deviceId": p.device_id, "role": p.role, "revokedAtMs": now.max(0)}))
-        }
-        Method::SkillsStatus => {
-            let p: params::SkillsStatusParams = decode(method, raw)?;
-            if let Some(id) = &p.agent_id
-                && !valid_agent_id(id)
-            {
-                return Err(WireError::invalid(format!("agentId {id:?} is not an agent id")));
-            }
-            let session = match p.session_key {
-                Some(k) => Some(params::session_key("sessionKey", k)?),
-                None => None,
-            };
-            Ok(service.skills_status(p.agent_id, session).await?)
         }
     }
 }

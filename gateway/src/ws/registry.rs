@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::outbound::{Outbound, PushError};
 use crate::metrics::GatewayMetrics;
 use crate::protocol::frames::StateVersion;
-use crate::protocol::methods::{self, SCOPE_PAIRING, SCOPE_READ};
+use crate::protocol::methods::{self, SCOPE_APPROVALS, SCOPE_PAIRING, SCOPE_READ};
 
 /// Sessions one connection may follow at once (`chat.send`, `sessions.messages.subscribe`).
 pub(crate) const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 256;
@@ -30,6 +30,7 @@ pub(crate) fn event_scope(event: &str) -> Option<&'static str> {
     match event {
         "chat" | "agent" | "sessions.changed" => Some(SCOPE_READ),
         "device.pair.requested" | "device.pair.resolved" => Some(SCOPE_PAIRING),
+        "exec.approval.requested" | "exec.approval.resolved" => Some(SCOPE_APPROVALS),
         // tick, presence, health, shutdown are open to every authenticated client.
         _ => None,
     }
