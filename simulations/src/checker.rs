@@ -187,10 +187,10 @@ impl Checker {
                     self.fail(Invariant::Epochs, now, Some(node), Some(key), None, detail);
                 }
             }
-            if known.is_none_or(|k| record > k) {
-                if let Some(map) = self.known.get_mut(node) {
-                    map.insert(key.clone(), record);
-                }
+            if known.is_none_or(|k| record > k)
+                && let Some(map) = self.known.get_mut(node)
+            {
+                map.insert(key.clone(), record);
             }
         }
     }
@@ -198,17 +198,17 @@ impl Checker {
     /// Owner records a node's durable batch changed.
     pub fn durable_owner_writes(&mut self, now: Micros, node: usize, writes: Vec<OwnerWrite>) {
         for w in writes {
-            if let (Some(before), Some(after)) = (w.before, w.after) {
-                if after < before {
-                    self.fail(
-                        Invariant::Epochs,
-                        now,
-                        Some(node),
-                        Some(&w.session),
-                        None,
-                        format!("durable owner record went down: {after:?} replaced {before:?}"),
-                    );
-                }
+            if let (Some(before), Some(after)) = (w.before, w.after)
+                && after < before
+            {
+                self.fail(
+                    Invariant::Epochs,
+                    now,
+                    Some(node),
+                    Some(&w.session),
+                    None,
+                    format!("durable owner record went down: {after:?} replaced {before:?}"),
+                );
             }
             if let Some(after) = w.after {
                 let higher = self.durable_max.get(&w.session).is_none_or(|(e, _)| after > *e);
@@ -224,11 +224,29 @@ impl Checker {
         self.side_effects += 1;
         let Some(me) = self.ids.get(se.node).copied() else { return };
         let mine = Epoch { term: se.term, node: me };
-        if let Some(k) = self.known.get(se.node).and_then(|k| k.get(&se.session)) {
-            if *k > mine {
+        if let Some(k) = self.known.get(se.node).and_then(|k| k.get(&se.session))
+            && *k > mine
+        {
+            let detail = format!(
+                "provider call of run {} under term {} after the node had learned {k:?}",
+                se.run_id, se.term
+            );
+            self.fail(
+                Invariant::StaleEpoch,
+                se.at,
+                Some(se.node),
+                Some(&se.session),
+                Some(&se.input_id),
+                detail,
+            );
+        }
+        if self.connected {
+            if let Some((durable, holder)) = self.durable_max.get(&se.session)
+                && *durable > mine
+            {
                 let detail = format!(
-                    "provider call of run {} under term {} after the node had learned {k:?}",
-                    se.run_id, se.term
+                    "provider call of run {} under {mine:?} while {durable:?} was already durable on n{holder} (connected cluster)",
+                    se.run_id
                 );
                 self.fail(
                     Invariant::StaleEpoch,
@@ -238,24 +256,6 @@ impl Checker {
                     Some(&se.input_id),
                     detail,
                 );
-            }
-        }
-        if self.connected {
-            if let Some((durable, holder)) = self.durable_max.get(&se.session) {
-                if *durable > mine {
-                    let detail = format!(
-                        "provider call of run {} under {mine:?} while {durable:?} was already durable on n{holder} (connected cluster)",
-                        se.run_id
-                    );
-                    self.fail(
-                        Invariant::StaleEpoch,
-                        se.at,
-                        Some(se.node),
-                        Some(&se.session),
-                        Some(&se.input_id),
-                        detail,
-                    );
-                }
             }
             let owners = self.term_owners.entry((se.session.clone(), se.term)).or_default();
             owners.insert(se.node);

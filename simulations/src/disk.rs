@@ -62,8 +62,10 @@ pub struct Durable {
     node_meta: BTreeMap<String, Vec<u8>>,
     /// How many times the node process started on this disk.
     pub starts: u64,
-    /// The checker's copies of durable sessions, kept up to date as chunks land.
-    shadows: BTreeMap<SessionKey, SessionDoc>,
+    /// The checker's copies of durable sessions, with how many of the session's durable
+    /// chunks each has applied: brought up to date when the checker looks, not as chunks land
+    /// (most durable chunks are never looked at before the next compaction).
+    shadows: BTreeMap<SessionKey, (SessionDoc, usize)>,
     /// Bytes of chunks written, ever.
     pub bytes_written: u64,
 }
@@ -79,12 +81,6 @@ impl Durable {
                     for chunk in chunks.iter().filter(|c| !c.bytes.is_empty()) {
                         self.bytes_written += chunk.bytes.len() as u64;
                         stored.push(chunk.clone());
-                        if let Some(doc) = self.shadows.get_mut(key) {
-                            if doc.apply_chunk(chunk).is_err() {
-                                // Rebuilt from the chunks at the next look.
-                                self.shadows.remove(key);
-                            }
-                        }
                     }
                     self.compact(key);
                 }
@@ -137,9 +133,12 @@ impl Durable {
         // snapshot, so keep the raw chunks in that case.
         let reloaded = SessionDoc::load(key, &SHADOW_ACTOR, snapshot.clone()).ok();
         let complete = reloaded.is_some_and(|mut d| {
-            self.shadows.get_mut(key).is_some_and(|s| s.heads_digest() == d.heads_digest())
+            self.shadows.get_mut(key).is_some_and(|(s, _)| s.heads_digest() == d.heads_digest())
         });
         if complete {
+            if let Some((_, applied)) = self.shadows.get_mut(key) {
+                *applied = snapshot.len();
+            }
             self.chunks.insert(key.clone(), snapshot);
         }
     }
@@ -147,13 +146,26 @@ impl Durable {
     /// The checker's copy of the durable session (built from the chunks on first use);
     /// `Ok(None)` when the session has no chunks here.
     pub fn shadow(&mut self, key: &SessionKey) -> Result<Option<&mut SessionDoc>, String> {
-        if !self.shadows.contains_key(key) {
-            let Some(chunks) = self.chunks.get(key) else { return Ok(None) };
+        let Some(chunks) = self.chunks.get(key) else {
+            self.shadows.remove(key);
+            return Ok(None);
+        };
+        // Feed the chunks that landed since the last look; rebuild when that fails.
+        let caught_up = match self.shadows.get_mut(key) {
+            Some((doc, applied)) => {
+                let fresh = chunks.get(*applied..).unwrap_or_default();
+                let ok = fresh.iter().all(|c| doc.apply_chunk(c).is_ok());
+                *applied = chunks.len();
+                ok
+            }
+            None => false,
+        };
+        if !caught_up {
             let doc =
                 SessionDoc::load(key, &SHADOW_ACTOR, chunks.clone()).map_err(|e| e.to_string())?;
-            self.shadows.insert(key.clone(), doc);
+            self.shadows.insert(key.clone(), (doc, chunks.len()));
         }
-        Ok(self.shadows.get_mut(key))
+        Ok(self.shadows.get_mut(key).map(|(doc, _)| doc))
     }
 
     /// Whether message `id` of `session` is durable here, in the current transcript (an error

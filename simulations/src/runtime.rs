@@ -130,10 +130,10 @@ impl Runtime {
     /// otherwise it wraps up with what it has.
     pub fn next_step(&self, rng: &mut SimRng, key: u64, node_ms: u64) -> Option<Step> {
         let t = self.turns.get(&key)?;
-        if let Some(deadline) = t.drain_deadline {
-            if t.wrapping_up || node_ms + CALL_MS_MAX > deadline {
-                return Some(if node_ms <= deadline { Step::Finish } else { Step::Abort });
-            }
+        if let Some(deadline) = t.drain_deadline
+            && (t.wrapping_up || node_ms + CALL_MS_MAX > deadline)
+        {
+            return Some(if node_ms <= deadline { Step::Finish } else { Step::Abort });
         }
         if t.calls_left == 0 {
             return Some(Step::Finish);

@@ -250,7 +250,8 @@ pub fn plot(results: &[Vec<SwimResult>], path: &std::path::Path) -> Result<(), S
         .build_cartesian_2d((5.0f64..xmax).log_scale(), 0.0f64..ymax)
         .map_err(|e| e.to_string())?;
     chart.configure_mesh().x_desc("members").y_desc("seconds").draw().map_err(|e| e.to_string())?;
-    let series: [(&str, &Vec<(f64, f64)>, RGBColor); 3] = [
+    type Points = [(f64, f64)];
+    let series: [(&str, &Points, RGBColor); 3] = [
         ("failure detected by every member", &detection, RED),
         ("failure detected by the first member", &first, MAGENTA),
         ("join seen by 99.99 % of members", &dissemination, BLUE),

@@ -779,10 +779,10 @@ impl World {
                 self.trace.line(now, || {
                     format!("  n{i} => response req {req}: {}", short_result(&result))
                 });
-                if let Ok(Response::Submitted { message_id, epoch, .. }) = &result {
-                    if epoch.node == self.slots[i].id {
-                        self.check_ack_durable(i, message_id);
-                    }
+                if let Ok(Response::Submitted { message_id, epoch, .. }) = &result
+                    && epoch.node == self.slots[i].id
+                {
+                    self.check_ack_durable(i, message_id);
                 }
                 self.client_answer(i, req, result);
             }
@@ -792,12 +792,11 @@ impl World {
                         "  n{i} => drained: {handed_over} handed over, {left_behind} left behind"
                     )
                 });
-                if let Some(d) = self.deploy.as_mut() {
-                    if let DeployPhase::Draining { node, .. } = d.phase {
-                        if node == i {
-                            d.phase = DeployPhase::Flushing { node };
-                        }
-                    }
+                if let Some(d) = self.deploy.as_mut()
+                    && let DeployPhase::Draining { node, .. } = d.phase
+                    && node == i
+                {
+                    d.phase = DeployPhase::Flushing { node };
                 }
             }
             Event::Membership { active } => {
@@ -895,14 +894,12 @@ impl World {
                         frames::fingerprint(&bytes)
                     )
                 });
-                if kind == Some(KIND_HANDOFF_ACCEPT) {
-                    if let Some(Msg::HandoffAccept { session, epoch }) =
+                if kind == Some(KIND_HANDOFF_ACCEPT)
+                    && let Some(Msg::HandoffAccept { session, epoch }) =
                         frames::decode(&bytes).map(|e| e.msg)
-                    {
-                        if let Some(t0) = self.offers.remove(&(session, epoch)) {
-                            self.handoff_pause_ms.push((now - t0) / US_PER_MS);
-                        }
-                    }
+                    && let Some(t0) = self.offers.remove(&(session, epoch))
+                {
+                    self.handoff_pause_ms.push((now - t0) / US_PER_MS);
                 }
                 let from_id = self.slots[from].id;
                 self.feed(to, Input::Frame { from: from_id, bytes });
@@ -1029,10 +1026,8 @@ impl World {
             let done = self.failover_pending.get(&w.session).is_some_and(|(_, old, crashed)| {
                 after > *old && after.node != self.slots[*crashed].id
             });
-            if done {
-                if let Some((t0, _, _)) = self.failover_pending.remove(&w.session) {
-                    self.failover_ms.push((now - t0) / US_PER_MS);
-                }
+            if done && let Some((t0, _, _)) = self.failover_pending.remove(&w.session) {
+                self.failover_ms.push((now - t0) / US_PER_MS);
             }
         }
         self.checker.durable_owner_writes(now, node, owners);
@@ -1529,7 +1524,7 @@ impl World {
     fn tick(&mut self) {
         let now = self.now;
         self.ticks += 1;
-        if self.ticks % 4 == 0 {
+        if self.ticks.is_multiple_of(4) {
             self.check_bounds();
         }
         if let Some(heal) = self.heal_at {

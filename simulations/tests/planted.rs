@@ -15,8 +15,11 @@ fn caught(
     run_ms: u64,
     expected: &[Invariant],
 ) {
-    let mut spec =
-        RunSpec::new(SEEDS_MAX, nodes, FaultSet::parse(faults).expect("fault names"), Some(plant));
+    let set = match FaultSet::parse(faults) {
+        Ok(set) => set,
+        Err(e) => panic!("{e}"),
+    };
+    let mut spec = RunSpec::new(SEEDS_MAX, nodes, set, Some(plant));
     spec.stop_at_first_failure = true;
     spec.run_ms = run_ms;
     let (summary, failures) = run_seeds(&spec, None);
