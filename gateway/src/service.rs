@@ -164,6 +164,23 @@ pub trait GatewayService: Send + Sync + 'static {
 
     /// Node-wide events. Called once by `serve`.
     fn node_events(&self) -> BoxStream<'static, NodeEvent>;
+
+    /// The skills of one agent on this node (`skills.status`), as OpenClaw's report:
+    /// `{workspaceDir, managedSkillsDir, skills: [...]}`. `agent_id` wins over `session`; with
+    /// neither, the default agent. Skills are per node (binaries, environment), so this node
+    /// answers for itself. A node without skills support says so.
+    fn skills_status(
+        &self,
+        agent_id: Option<String>,
+        session: Option<SessionKey>,
+    ) -> impl Future<Output = Result<Value, ServiceError>> + Send {
+        let _ = (agent_id, session);
+        async {
+            Err(ServiceError::Invalid {
+                message: "skills.status is not served by this node".into(),
+            })
+        }
+    }
 }
 
 /// Facts about this node that do not change while it runs.

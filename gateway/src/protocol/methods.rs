@@ -81,6 +81,7 @@ methods! {
     DevicePairRemove => "device.pair.remove", SCOPE_PAIRING;
     DeviceTokenRotate => "device.token.rotate", SCOPE_PAIRING;
     DeviceTokenRevoke => "device.token.revoke", SCOPE_PAIRING;
+    SkillsStatus => "skills.status", SCOPE_READ;
 }
 
 impl Method {

@@ -200,6 +200,17 @@ pub(crate) struct SessionsListParams {
     pub(crate) active_minutes: Option<u64>,
 }
 
+/// `skills.status`: whose skills (an agent, or the agent of a session; default: the default
+/// agent).
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SkillsStatusParams {
+    #[serde(default)]
+    pub(crate) agent_id: Option<String>,
+    #[serde(default)]
+    pub(crate) session_key: Option<String>,
+}
+
 /// `sessions.get`, `sessions.messages.subscribe|unsubscribe`: just a key.
 #[derive(Deserialize, Debug)]
 #[serde(rename_all = "camelCase")]

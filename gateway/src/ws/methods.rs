@@ -546,6 +546,19 @@ pub(crate) async fn handle<S: GatewayService>(
             shared.connections.close_device(&p.device_id, "device token revoked");
             Ok(json!({"deviceId": p.device_id, "role": p.role, "revokedAtMs": now.max(0)}))
         }
+        Method::SkillsStatus => {
+            let p: params::SkillsStatusParams = decode(method, raw)?;
+            if let Some(id) = &p.agent_id
+                && !valid_agent_id(id)
+            {
+                return Err(WireError::invalid(format!("agentId {id:?} is not an agent id")));
+            }
+            let session = match p.session_key {
+                Some(k) => Some(params::session_key("sessionKey", k)?),
+                None => None,
+            };
+            Ok(service.skills_status(p.agent_id, session).await?)
+        }
     }
 }
 
