@@ -858,4 +858,176 @@ mod tests {
         assert_eq!(agent_of_key(&k("agent:Ops:x"), "main"), "ops");
         assert_eq!(agent_of_key(&k("global"), "main"), "main");
     }
+
+    use crate::subagents::memory::{MemorySessions, NODE};
+    use crate::subagents::{SubagentPolicy, Supervisor};
+    use tokio_util::sync::CancellationToken;
+
+    fn setup() -> (Arc<MemorySessions>, ToolRegistry) {
+        let api = Arc::new(MemorySessions::new());
+        let policy = SubagentPolicy {
+            agent_ids: vec!["main".into(), "ops".into()],
+            default_agent: "main".into(),
+            ..SubagentPolicy::default()
+        };
+        let supervisor = Supervisor::new(api.clone(), policy);
+        let mut registry = ToolRegistry::new();
+        let config = SessionToolsConfig {
+            default_agent: "main".into(),
+            agent_models: [("main".to_string(), "mock/m".to_string())].into(),
+            ..SessionToolsConfig::default()
+        };
+        register(&mut registry, api.clone(), supervisor, config).unwrap();
+        (api, registry)
+    }
+
+    fn ctx(session: &SessionKey, agent: &str) -> ToolContext {
+        ToolContext {
+            session: session.clone(),
+            epoch: 1,
+            run_id: "r".into(),
+            agent_id: agent.into(),
+            workspace: std::env::temp_dir(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    async fn run(
+        registry: &ToolRegistry,
+        tool: &str,
+        args: Value,
+        ctx: &ToolContext,
+    ) -> ToolOutput {
+        registry.get(tool).unwrap().run(args, ctx).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn list_history_and_status_show_only_what_the_session_may_see() {
+        let (api, registry) = setup();
+        let main = api.insert("agent:main:main", "main", None);
+        let other = api.insert("agent:main:telegram:direct:bob", "main", None);
+        let ops = api.insert("agent:ops:main", "ops", None);
+        let child = api.insert("agent:main:subagent:1", "main", Some(1));
+        api.sessions.lock().unwrap().get_mut(&child).unwrap().meta.spawned_by =
+            Some(main.to_string());
+        api.submit(&other, "main", "hello from bob".into(), "k1".into()).await.unwrap();
+
+        let out = run(&registry, "sessions_list", json!({}), &ctx(&main, "main")).await;
+        assert!(!out.is_error, "{out:?}");
+        let v: Value = serde_json::from_str(&out.content).unwrap();
+        let keys: Vec<&str> =
+            v["sessions"].as_array().unwrap().iter().filter_map(|r| r["key"].as_str()).collect();
+        assert!(keys.contains(&other.as_str()) && keys.contains(&child.as_str()), "{keys:?}");
+        assert!(!keys.contains(&ops.as_str()), "another agent's session is hidden: {keys:?}");
+        assert_eq!(v["sessions"][0]["ownerNode"], NODE);
+
+        let out = run(
+            &registry,
+            "sessions_history",
+            json!({"sessionKey": other.as_str()}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        assert!(out.content.contains("hello from bob"), "{out:?}");
+        let out = run(
+            &registry,
+            "sessions_history",
+            json!({"sessionKey": ops.as_str()}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        assert!(out.is_error && out.content.contains("not visible"), "{out:?}");
+        // A sub-agent sees itself and its own children, not its parent's siblings.
+        let out = run(
+            &registry,
+            "sessions_history",
+            json!({"sessionKey": other.as_str()}),
+            &ctx(&child, "main"),
+        )
+        .await;
+        assert!(out.is_error && out.content.contains("only itself"), "{out:?}");
+        let out = run(
+            &registry,
+            "sessions_history",
+            json!({"sessionKey": "bad key\n"}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        assert!(out.is_error, "{out:?}");
+
+        let out = run(&registry, "session_status", json!({}), &ctx(&child, "main")).await;
+        let v: Value = serde_json::from_str(&out.content).unwrap();
+        assert_eq!(v["kind"], "subagent");
+        assert_eq!(v["spawnDepth"], 1);
+        assert_eq!(v["spawnedBy"], main.as_str());
+        assert_eq!(v["model"], "mock/m");
+        assert_eq!(v["owner"]["node"], NODE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_posts_with_the_sender_and_waits_for_the_reply() {
+        let (api, registry) = setup();
+        let main = api.insert("agent:main:main", "main", None);
+        let other = api.insert("agent:main:work", "main", None);
+        let replier = {
+            let api = api.clone();
+            let other = other.clone();
+            tokio::spawn(async move {
+                while api.last_run(&other).is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                api.reply(&other, "on it", NODE, 1);
+            })
+        };
+        let out = run(
+            &registry,
+            "sessions_send",
+            json!({"sessionKey": other.as_str(), "message": "status?"}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        replier.await.unwrap();
+        let v: Value = serde_json::from_str(&out.content).unwrap();
+        assert_eq!(v["status"], "ok", "{out:?}");
+        assert_eq!(v["reply"], "on it");
+        let sent = api.messages(&other)[0].text_content();
+        assert_eq!(sent, "[message from session agent:main:main]\nstatus?");
+        // No wait, by label, to itself, empty.
+        api.sessions.lock().unwrap().get_mut(&other).unwrap().meta.label = Some("work".into());
+        let out = run(
+            &registry,
+            "sessions_send",
+            json!({"label": "work", "message": "x", "timeoutSeconds": 0}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        assert!(out.content.contains("\"accepted\""), "{out:?}");
+        let out = run(
+            &registry,
+            "sessions_send",
+            json!({"sessionKey": main.as_str(), "message": "x"}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        assert!(out.is_error && out.content.contains("calling session itself"), "{out:?}");
+        let out = run(
+            &registry,
+            "sessions_send",
+            json!({"sessionKey": other.as_str(), "message": " "}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        assert!(out.is_error, "{out:?}");
+        // A reply that never comes: a timeout, not an error.
+        let out = run(
+            &registry,
+            "sessions_send",
+            json!({"sessionKey": other.as_str(), "message": "again", "timeoutSeconds": 5}),
+            &ctx(&main, "main"),
+        )
+        .await;
+        let v: Value = serde_json::from_str(&out.content).unwrap();
+        assert_eq!(v["status"], "timeout", "{out:?}");
+    }
 }
