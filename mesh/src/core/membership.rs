@@ -32,7 +32,8 @@ pub const BROADCAST_INBOX_MAX: usize = 16_384;
 /// How SWIM is tuned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SwimPreset {
-    /// foca's LAN preset: 1 s probe period, 500 ms probe RTT, suspicion scaled with cluster size.
+    /// foca's LAN preset, faster: 500 ms probe period, 250 ms probe RTT, 2 s suspicion below ten
+    /// members (scaled with log10 of the size above), so a dead owner is taken over within 5 s.
     Lan,
     /// foca's WAN preset: 5 s probe period, 3 s probe RTT.
     Wan,
@@ -56,7 +57,15 @@ pub(crate) fn swim_config(preset: SwimPreset, cluster_size: usize) -> foca::Conf
     let size = NonZeroU32::new(u32::try_from(cluster_size.max(1)).unwrap_or(u32::MAX))
         .unwrap_or(NonZeroU32::MIN);
     let mut config = match preset {
-        SwimPreset::Lan => foca::Config::new_lan(size),
+        SwimPreset::Lan => {
+            let mut c = foca::Config::new_lan(size);
+            c.probe_period = Duration::from_millis(LAN_PROBE_PERIOD_MS);
+            c.probe_rtt = Duration::from_millis(LAN_PROBE_RTT_MS);
+            let scale = f64::from(size.get()).log10().max(1.0);
+            let suspicion_ms = LAN_SUSPICION_PERIODS * scale * LAN_PROBE_PERIOD_MS as f64;
+            c.suspect_to_down_after = Duration::from_millis(suspicion_ms as u64);
+            c
+        }
         SwimPreset::Wan => foca::Config::new_wan(size),
     };
     config.max_packet_size = NonZeroUsize::new(SWIM_PACKET_BYTES_MAX).unwrap_or(NonZeroUsize::MIN);
@@ -73,6 +82,16 @@ pub(crate) fn swim_config(preset: SwimPreset, cluster_size: usize) -> foca::Conf
     });
     config
 }
+
+/// LAN probe period. foca's (memberlist's) 1 s period and 4 s suspicion take 5 to 7 s to declare
+/// a killed node down, and its sessions are claimed only then: above the 5 s owner failover we
+/// promise. Half the period and half the suspicion take 2.5 to 3.5 s; a live node still has
+/// 2 s to refute a suspicion (a stall of up to about 2.5 s is survived).
+pub const LAN_PROBE_PERIOD_MS: u64 = 500;
+/// LAN probe round trip before indirect probes are sent (a LAN round trip is well under 1 ms).
+pub const LAN_PROBE_RTT_MS: u64 = 250;
+/// LAN suspicion, in probe periods, times max(1, log10(cluster size)) as foca scales it.
+pub const LAN_SUSPICION_PERIODS: f64 = 4.0;
 
 /// How often (LAN preset) a node announces itself to members it considers down.
 pub const ANNOUNCE_TO_DOWN_LAN_MS: u64 = 2_000;
