@@ -9,7 +9,9 @@
 //!
 //! Simultaneous dials (both nodes dial each other at once) are de-duplicated: both sides keep the
 //! connection initiated by the smaller node id and close the other after a grace period, while
-//! still reading from it, so nothing in flight is lost.
+//! still reading from it, so nothing in flight is lost. Any other second connection from a peer
+//! replaces the first: a peer dials only when it has no usable connection to us, so it restarted
+//! (kill -9 leaves our old connection looking open until its idle timeout) or lost it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +43,9 @@ pub const DIAL_TIMEOUT_MS: u64 = 3_000;
 pub const DIAL_BACKOFF_MS: u64 = 500;
 /// A duplicate connection (from a simultaneous dial) is closed after this grace period.
 pub const DUPLICATE_CLOSE_GRACE_MS: u64 = 2_000;
+/// Two connections in opposite directions established this close together are a simultaneous
+/// dial (each dial takes at most [`DIAL_TIMEOUT_MS`]); further apart, the newer one wins.
+pub const SIMULTANEOUS_DIAL_WINDOW_MS: u64 = DIAL_TIMEOUT_MS;
 /// QUIC idle timeout: a connection silent this long is dead (SWIM decides liveness sooner).
 pub const IDLE_TIMEOUT_MS: u64 = 15_000;
 /// QUIC keep-alive period.
@@ -98,6 +103,7 @@ struct PeerQueue {
 struct Registered {
     conn: quinn::Connection,
     initiated_by_me: bool,
+    since: tokio::time::Instant,
 }
 
 struct Shared {
@@ -275,20 +281,26 @@ async fn accept_loop(shared: Arc<Shared>) {
 fn adopt(shared: &Arc<Shared>, node: NodeId, conn: quinn::Connection, initiated_by_me: bool) {
     shared.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
     let preferred_mine = shared.me < node;
+    let now = tokio::time::Instant::now();
+    let fresh = Registered { conn: conn.clone(), initiated_by_me, since: now };
     let duplicate = {
         let mut conns = lock(&shared.conns);
         match conns.get(&node) {
             Some(existing) if existing.conn.close_reason().is_none() => {
-                if existing.initiated_by_me == preferred_mine {
+                let simultaneous = existing.initiated_by_me != initiated_by_me
+                    && now.duration_since(existing.since)
+                        < Duration::from_millis(SIMULTANEOUS_DIAL_WINDOW_MS);
+                if simultaneous && existing.initiated_by_me == preferred_mine {
                     Some(conn.clone())
                 } else {
-                    let old =
-                        conns.insert(node, Registered { conn: conn.clone(), initiated_by_me });
-                    old.map(|r| r.conn)
+                    if !simultaneous {
+                        tracing::debug!(peer = %node.short(), "newer connection replaces the old one");
+                    }
+                    conns.insert(node, fresh).map(|r| r.conn)
                 }
             }
             _ => {
-                conns.insert(node, Registered { conn: conn.clone(), initiated_by_me });
+                conns.insert(node, fresh);
                 None
             }
         }
