@@ -1,5 +1,6 @@
 //! The `beamclaw` command line: parses arguments and dispatches into the library's modules.
 
+use beamclaw::approvals::cli::{self as approvals_cli, ApprovalsAction};
 use beamclaw::cli::sessions::{ExportFormat, SessionsAction};
 use beamclaw::cli::{self, DevicesAction};
 use beamclaw::config::{self, ConfigSource, LoadedConfig};
@@ -86,6 +87,15 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// Exec approvals of the whole cluster, through a running node's gateway: list pending
+    /// commands, approve or deny one.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        /// The gateway (default: ws://127.0.0.1:<gateway.port>).
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Development helpers.
     Dev {
         #[command(subcommand)]
@@ -130,6 +140,27 @@ enum DevicesCommand {
     Approve { request_id: String },
     /// Reject a pending request (its request id).
     Reject { request_id: String },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Commands waiting for an operator (with --all, recent decisions too).
+    List {
+        #[arg(long)]
+        all: bool,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a waiting command run (once; with --always, also add its binaries to the agent's
+    /// allowlist on every node).
+    Approve {
+        id: String,
+        #[arg(long)]
+        always: bool,
+    },
+    /// Refuse a waiting command.
+    Deny { id: String },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +287,20 @@ fn main() -> ExitCode {
             run_async(
                 async move { cli::status(&url, &creds, json).await.map_err(|e| e.to_string()) },
             )
+        }
+        Command::Approvals { command, url } => {
+            let Some(loaded) = load(data_dir, config_file) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let (url, creds) = cli::target(&loaded, url);
+            let action = match command {
+                ApprovalsCommand::List { all, json } => ApprovalsAction::List { all, json },
+                ApprovalsCommand::Approve { id, always } => ApprovalsAction::Approve { id, always },
+                ApprovalsCommand::Deny { id } => ApprovalsAction::Deny { id },
+            };
+            run_async(async move {
+                approvals_cli::run(&url, &creds, action).await.map_err(|e| e.to_string())
+            })
         }
         Command::Devices { command } => {
             let Some(loaded) = load(data_dir, config_file) else {

@@ -6,6 +6,7 @@
 //! `restartExpectedMs`, every owned session is handed to its successor, the node leaves the
 //! cluster, the gateway closes; a second signal exits at once.
 
+mod approvals;
 mod discovery;
 mod metrics;
 mod ports;
@@ -253,7 +254,19 @@ pub async fn up(loaded: LoadedConfig, opts: UpOptions) -> Result<(), UpError> {
 
     let mut registry = Registry::default();
     metrics::export(mesh.clone(), &mut registry);
-    let mut tools = ToolRegistry::new();
+    // Exec approvals: the log in the mesh, the doorbell's listener, and the gate of `exec`.
+    let approvals_log = crate::approvals::mesh::MeshLog::new(mesh.clone())
+        .map_err(|e| UpError::Config(format!("exec approvals: {e}")))?;
+    let approvals = crate::approvals::Approvals::new(
+        crate::approvals::policy::ApprovalPolicy::from_config(&loaded.config.tools.exec),
+        node_id.clone(),
+        Arc::new(approvals_log),
+    );
+    tokio::spawn(crate::approvals::mesh::listen(Arc::downgrade(&approvals), mesh.events()));
+    let builtin = crate::tools::builtin_registry(&loaded, approvals.clone())
+        .map_err(|e| UpError::Config(e.to_string()))?;
+    let processes = builtin.processes.clone();
+    let mut tools: ToolRegistry = builtin.registry;
     let sessions_api: Arc<dyn crate::tools::sessions::SessionsApi> =
         Arc::new(sessions_api::MeshSessions::new(mesh.clone()));
     let subagents = crate::subagents::Supervisor::new(
@@ -299,6 +312,7 @@ pub async fn up(loaded: LoadedConfig, opts: UpOptions) -> Result<(), UpError> {
         runtime.stats.clone(),
         Arc::new(tools),
     );
+    service.set_approvals(approvals);
     let pairing = Arc::new(FilePairingStore::open(data_dir.join("devices"))?);
 
     let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -336,6 +350,8 @@ pub async fn up(loaded: LoadedConfig, opts: UpOptions) -> Result<(), UpError> {
         Ok((handed_over, left_behind)) => tracing::info!(handed_over, left_behind, "drained"),
         Err(e) => tracing::warn!(error = %e, "drain did not complete"),
     }
+    // Background commands die with the node (their process groups).
+    processes.kill_all();
     let _ = stop_gateway.send(());
     match tokio::time::timeout(Duration::from_secs(5), gateway_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gateway stopped with an error"),

@@ -12,12 +12,13 @@ use beamclaw_crdt::doc::{FieldPatch as DocPatch, MetaPatch};
 use beamclaw_crdt::{ContentPart, IndexEntry, Message, Role, SessionKey, StopReason};
 use beamclaw_gateway::{
     AbortOutcome, AbortTarget, ChatAccepted, ChatHistory, ChatInject, ChatSend, ConfigWrite,
-    ConfigWriteMode, FastMode, FieldPatch, GatewayService, HistoryQuery, Member, ModelInfo,
-    NodeEvent, NodeHealth, NodeInfo, NodeStatus, Readiness, RecentSession, ResetReason, RunEvent,
-    RunOutcome, RunStatus, SendStatus, ServiceError, SessionChange, SessionCreate, SessionPatch,
-    SessionQuery, SessionSettings, SessionSummary, ToolInvocation,
+    ConfigWriteMode, ExecApproval, ExecApprovalResolution, FastMode, FieldPatch, GatewayService,
+    HistoryQuery, Member, ModelInfo, NodeEvent, NodeHealth, NodeInfo, NodeStatus, Readiness,
+    RecentSession, ResetReason, RunEvent, RunOutcome, RunStatus, SendStatus, ServiceError,
+    SessionChange, SessionCreate, SessionPatch, SessionQuery, SessionSettings, SessionSummary,
+    ToolInvocation,
 };
-use beamclaw_mesh::core::turn::TurnEvent;
+use beamclaw_mesh::core::turn::{RunRef, TurnEvent};
 use beamclaw_mesh::core::{
     Event, RequestBody, RequestError, Response, RunStatus as MeshRunStatus, SessionOp,
 };
@@ -43,6 +44,8 @@ pub const SESSIONS_LIST_DEFAULT: usize = 100;
 pub const SESSIONS_LIST_MAX: usize = 1000;
 /// Node-wide events buffered for the gateway.
 pub const NODE_EVENTS_BUFFER: usize = 256;
+/// A chat command's reply goes out this long after the command was accepted, in ms.
+pub const COMMAND_REPLY_DELAY_MS: u64 = 50;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -82,6 +85,10 @@ pub struct NodeService {
     ready: AtomicBool,
     runs: Arc<Mutex<Runs>>,
     node_events: broadcast::Sender<NodeEvent>,
+    /// Exec approvals, once `serve` set them (`exec.approval.*`, `/approve`).
+    approvals: std::sync::OnceLock<Arc<crate::approvals::Approvals>>,
+    /// Replies to chat commands answered here (`/approve`), as runs of their own.
+    command_replies: broadcast::Sender<RunEvent>,
 }
 
 impl NodeService {
@@ -106,9 +113,53 @@ impl NodeService {
             ready: AtomicBool::new(true),
             runs: Arc::new(Mutex::new(Runs::default())),
             node_events: broadcast::channel(NODE_EVENTS_BUFFER).0,
+            approvals: std::sync::OnceLock::new(),
+            command_replies: broadcast::channel(NODE_EVENTS_BUFFER).0,
         });
         tokio::spawn(track_runs(Arc::downgrade(&service), mesh.events()));
         service
+    }
+
+    /// Serves exec approvals through `approvals` (method calls, events, `/approve`).
+    pub fn set_approvals(&self, approvals: Arc<crate::approvals::Approvals>) {
+        super::approvals::forward_notices(&approvals, self.node_events.clone());
+        let _ = self.approvals.set(approvals);
+    }
+
+    fn approvals(&self) -> Result<&crate::approvals::Approvals, ServiceError> {
+        self.approvals.get().map(|a| a.as_ref()).ok_or_else(|| ServiceError::Invalid {
+            message: "exec approvals are not served by this node".into(),
+        })
+    }
+
+    /// `/approve <id> <decision>` sent as a chat message: decided here, never queued behind
+    /// the turn that waits for it; the reply is a run of its own on this node.
+    fn approve_from_chat(
+        &self,
+        send: ChatSend,
+        parsed: Result<(String, crate::approvals::log::Decision), String>,
+    ) -> ChatAccepted {
+        let approvals = self.approvals.get().cloned();
+        let replies = self.command_replies.clone();
+        let run_id = send.idempotency_key.clone();
+        let resolved_by = format!("/approve in {}", send.session);
+        let run = RunRef { session: send.session, run_id: run_id.clone(), epoch: 0 };
+        tokio::spawn(async move {
+            let text =
+                super::approvals::chat_command(approvals.as_deref(), parsed, &resolved_by).await;
+            // The client hears the accepted answer first.
+            tokio::time::sleep(Duration::from_millis(COMMAND_REPLY_DELAY_MS)).await;
+            let mut message =
+                Message::text(format!("r:{}", run.run_id), Role::Assistant, text, now_ms());
+            message.run_id = Some(run.run_id.clone());
+            let event = TurnEvent::Final {
+                message: Box::new(message),
+                stop_reason: StopReason::Stop,
+                usage: Default::default(),
+            };
+            let _ = replies.send(RunEvent { run, event });
+        });
+        ChatAccepted { run_id, status: SendStatus::Started }
     }
 
     /// The node is draining: not ready any more, and clients are told to reconnect elsewhere.
@@ -220,6 +271,16 @@ impl NodeService {
     async fn mutate(&self, key: &SessionKey, op: SessionOp) -> Result<Response, ServiceError> {
         self.request(key, RequestBody::Mutate(op)).await
     }
+}
+
+/// Refuses client writes to the session that holds the exec approval log.
+fn refuse_reserved(key: &SessionKey) -> Result<(), ServiceError> {
+    if key.as_str() == crate::approvals::APPROVALS_SESSION {
+        return Err(ServiceError::Forbidden {
+            message: format!("{key} is reserved for exec approvals; use exec.approval.resolve"),
+        });
+    }
+    Ok(())
 }
 
 fn service_error(e: RequestError) -> ServiceError {
@@ -490,6 +551,10 @@ impl GatewayService for NodeService {
                 retry_after_ms: Some(500),
             });
         }
+        refuse_reserved(&send.session)?;
+        if let Some(parsed) = crate::approvals::parse_approve_command(&send.message) {
+            return Ok(self.approve_from_chat(send, parsed));
+        }
         let agent_id = self.agent_for(&send.session)?;
         let mut message = Message::user_text("", send.message.clone(), now_ms());
         for a in &send.attachments {
@@ -586,6 +651,7 @@ impl GatewayService for NodeService {
     }
 
     async fn chat_inject(&self, inject: ChatInject) -> Result<Message, ServiceError> {
+        refuse_reserved(&inject.session)?;
         let id = format!("i:{}", uuid::Uuid::new_v4().simple());
         let mut message = Message::text(id, Role::Assistant, inject.text.clone(), now_ms());
         message.stop_reason = Some(StopReason::Stop);
@@ -698,6 +764,7 @@ impl GatewayService for NodeService {
         key: SessionKey,
         patch: SessionPatch,
     ) -> Result<SessionSummary, ServiceError> {
+        refuse_reserved(&key)?;
         let patch = MetaPatch {
             label: doc_patch(patch.label),
             model_override: doc_patch(patch.model),
@@ -717,6 +784,7 @@ impl GatewayService for NodeService {
         key: SessionKey,
         reason: ResetReason,
     ) -> Result<SessionSummary, ServiceError> {
+        refuse_reserved(&key)?;
         let reason = match reason {
             ResetReason::New => "new",
             ResetReason::Reset => "reset",
@@ -732,6 +800,7 @@ impl GatewayService for NodeService {
         key: SessionKey,
         _delete_transcript: bool,
     ) -> Result<bool, ServiceError> {
+        refuse_reserved(&key)?;
         // The transcript is always kept as an archive behind the tombstone: a replica that missed
         // the delete must not bring the session back, and data is never destroyed by a client.
         match self.mutate(&key, SessionOp::Delete { at_ms: now_ms() }).await {
@@ -789,6 +858,7 @@ impl GatewayService for NodeService {
             retry_after_ms: None,
         })?;
         let guard = Unsubscribe { mesh: self.mesh.clone(), session: Some(key.clone()) };
+        let replies_key = key.clone();
         let stream = futures::stream::unfold((events, guard), move |(mut events, guard)| {
             let key = key.clone();
             async move {
@@ -803,7 +873,36 @@ impl GatewayService for NodeService {
                 }
             }
         });
-        Ok(stream.boxed())
+        let replies = futures::stream::unfold(self.command_replies.subscribe(), move |mut rx| {
+            let key = replies_key.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.run.session == key => return Some((e, rx)),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(futures::stream::select(stream, replies).boxed())
+    }
+
+    async fn exec_approvals_list(&self) -> Result<Vec<ExecApproval>, ServiceError> {
+        super::approvals::list(self.approvals()?).await
+    }
+
+    async fn exec_approval_get(&self, id: String) -> Result<ExecApproval, ServiceError> {
+        super::approvals::get(self.approvals()?, &id).await
+    }
+
+    async fn exec_approval_resolve(
+        &self,
+        id: String,
+        decision: String,
+        resolved_by: String,
+    ) -> Result<ExecApprovalResolution, ServiceError> {
+        super::approvals::resolve(self.approvals()?, &id, &decision, &resolved_by).await
     }
 
     fn node_events(&self) -> BoxStream<'static, NodeEvent> {
