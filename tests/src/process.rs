@@ -197,12 +197,13 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let deadline = Deadline::after(timeout);
+    let mut last = "no attempt finished".to_string();
     loop {
-        let last = match tokio::time::timeout(deadline.remaining(), attempt()).await {
+        match tokio::time::timeout(deadline.remaining(), attempt()).await {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => "the last attempt was still running".to_string(),
-        };
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => last = format!("{last} (and the next attempt was still running)"),
+        }
         if deadline.passed() {
             bail!("{what}: not done within {} ms; last: {last}", timeout.as_millis());
         }

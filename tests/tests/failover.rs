@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use beamclaw_e2e::client::Persistent;
-use beamclaw_e2e::node::{last_user_text, unique_key};
+use beamclaw_e2e::node::last_user_text;
 use beamclaw_e2e::{Cluster, ClusterOptions, poll_until};
 use serde_json::json;
 

@@ -1,7 +1,8 @@
 //! A network partition between real nodes, each in its own network namespace: nodes 1 and 2 on
-//! one side, node 3 on the other. Both sides keep accepting turns on the same session; after
-//! the heal every replica converges (identical documents) and holds both sides' messages, each
-//! answered once.
+//! one side, node 3 on the other. Both sides keep accepting turns on the same session, right
+//! after the cut and again once each side has declared the other down (so node 3 owns the
+//! session under an epoch of its own); after the heal every replica converges (identical
+//! documents) and holds both sides' messages, each answered once.
 //!
 //! Needs root (network namespaces, veths and routes; `ip` from iproute2, installed with apt-get
 //! where missing). Where namespaces are not permitted the test says why and passes without
@@ -20,23 +21,28 @@ use beamclaw_e2e::{Cluster, MockLlm, Node, NodeOptions, poll_until};
 const NODES: usize = 3;
 const GATEWAY_PORT: u16 = 18789;
 const MESH_PORT: u16 = 18790;
+/// Turns per side right after the cut, then once each side sees the other down.
+const TURNS_AT_CUT: usize = 2;
 const TURNS_PER_SIDE: usize = 3;
+/// How long each side may take to declare the other down (SWIM suspicion, generous).
+const SIDES_APART_WITHIN: Duration = Duration::from_secs(30);
 /// Each side must accept a turn within this after the cut (failure detection included).
 const SIDE_ACCEPTS_WITHIN: Duration = Duration::from_secs(20);
 
-/// `TURNS_PER_SIDE` turns through `node`, each until answered; returns the texts and when the
+/// Turns number `turns` through `node`, each until answered; returns the texts and when the
 /// first was accepted.
 async fn side(
     cluster: &Cluster,
     node: usize,
     label: &str,
     session: &str,
+    turns: std::ops::RangeInclusive<usize>,
 ) -> (Vec<String>, Duration) {
     let n = cluster.node(node);
     let mut client = Persistent::new(vec![n.ws_url()], n.opts.token.clone(), 0);
     let mut first = None;
     let mut texts = Vec::new();
-    for i in 1..=TURNS_PER_SIDE {
+    for i in turns {
         let text = format!("side {label} message {i}");
         let key = format!("{label}-{i}");
         let turn =
@@ -100,17 +106,56 @@ async fn both_sides_accept_turns_and_every_replica_converges_after_heal() {
     // Cut node 3 off from nodes 1 and 2; the test still reaches all three gateways.
     lab.partition(&[&[0, 1], &[2]]).unwrap();
     let cut = Instant::now();
-    let ((a_texts, a_first), (b_texts, b_first)) =
-        tokio::join!(side(&cluster, 0, "A", &session), side(&cluster, 2, "B", &session));
+    let ((mut a_texts, a_first), (mut b_texts, b_first)) = tokio::join!(
+        side(&cluster, 0, "A", &session, 1..=TURNS_AT_CUT),
+        side(&cluster, 2, "B", &session, 1..=TURNS_AT_CUT)
+    );
     println!(
         "partition: side A (nodes 1+2) accepted its first turn after {} ms, side B (node 3) \
          after {} ms; {} turns per side done {} ms after the cut",
         a_first.as_millis(),
         b_first.as_millis(),
-        TURNS_PER_SIDE,
+        TURNS_AT_CUT,
         cut.elapsed().as_millis()
     );
     assert!(a_first <= SIDE_ACCEPTS_WITHIN && b_first <= SIDE_ACCEPTS_WITHIN);
+
+    // Both sides declare the other down; each owns the session on its own, and still serves it.
+    let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+    poll_until("each side sees the other down", SIDES_APART_WITHIN, || async {
+        for (i, others) in [(0, vec![2]), (1, vec![2]), (2, vec![0, 1])] {
+            let alive = cluster.node(i).alive_members().await?;
+            for o in others {
+                anyhow::ensure!(
+                    !alive.contains(&ids[o]),
+                    "node {} still sees node {}",
+                    i + 1,
+                    o + 1
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    println!(
+        "partition: each side sees the other down {} ms after the cut",
+        cut.elapsed().as_millis()
+    );
+    let (a_owner, a_epoch) = cluster.owner_seen_by(0, &session).await.unwrap();
+    let (b_owner, b_epoch) = cluster.owner_seen_by(2, &session).await.unwrap();
+    assert_ne!(a_owner, 2, "side A still names node 3 the owner");
+    assert_eq!(b_owner, 2, "node 3 does not own the session on its side");
+    println!(
+        "owners: side A node {} (epoch {a_epoch}), side B node 3 (epoch {b_epoch})",
+        a_owner + 1
+    );
+    let ((a_more, _), (b_more, _)) = tokio::join!(
+        side(&cluster, 0, "A", &session, TURNS_AT_CUT + 1..=TURNS_PER_SIDE),
+        side(&cluster, 2, "B", &session, TURNS_AT_CUT + 1..=TURNS_PER_SIDE)
+    );
+    a_texts.extend(a_more);
+    b_texts.extend(b_more);
 
     lab.heal().unwrap();
     let healed = Instant::now();
