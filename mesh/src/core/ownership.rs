@@ -11,7 +11,7 @@
 //!   finish or checkpoint; sync the successor until its heads equal ours; offer epoch+1; the
 //!   successor makes it durable and accepts; requests that arrived meanwhile are forwarded.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use beamclaw_crdt::{HeadsDigest, SessionKey};
 
@@ -69,6 +69,12 @@ pub(crate) struct DrainState {
     /// Sessions with no live successor yet (a partition, or we are still joining): retried
     /// every `handoff_step_ms` until one appears or the deadline leaves them behind.
     pub stranded: Vec<SessionKey>,
+    /// Copies we hold of sessions we do not own, and the node each is synced to until its heads
+    /// equal ours: after a partition our copy may hold acknowledged messages (written while we
+    /// owned it on our side) that nobody else has yet, and leaving would take them away.
+    pub flush: BTreeMap<SessionKey, Option<NodeId>>,
+    /// A `DrainRetry` timer is pending.
+    pub retry_armed: bool,
 }
 
 impl<D: Disk> Node<D> {
@@ -383,6 +389,7 @@ impl<D: Disk> Node<D> {
                 self.offer(session);
             }
         }
+        self.drain_flush_progress(from, session, their_heads);
     }
 
     fn offer(&mut self, session: &SessionKey) {
@@ -571,7 +578,16 @@ impl<D: Disk> Node<D> {
         let me = self.cfg.node;
         let queue: VecDeque<SessionKey> =
             self.by_owner.get(&me).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        tracing::info!(sessions = queue.len(), deadline, "drain started");
+        // Every other copy we hold is synced to its owner (or successor) before we leave.
+        let flush: BTreeMap<SessionKey, Option<NodeId>> = self
+            .sessions
+            .iter()
+            .filter(|(_, st)| {
+                st.heads != HeadsDigest::default() && st.epoch.is_none_or(|e| e.node != me)
+            })
+            .map(|(k, _)| (k.clone(), None))
+            .collect();
+        tracing::info!(sessions = queue.len(), copies = flush.len(), deadline, "drain started");
         // Handoffs already in progress (rebalancing) continue and count as drain handoffs.
         let active = self.handoffs_in_progress();
         self.drain = Some(DrainState {
@@ -581,9 +597,68 @@ impl<D: Disk> Node<D> {
             handed_over: 0,
             left_behind: 0,
             stranded: Vec::new(),
+            flush,
+            retry_armed: false,
         });
         self.set_timer(deadline, Timer::DrainDeadline);
+        self.flush_copies();
         self.pump_drain();
+    }
+
+    /// Syncs each copy still to flush with its owner if alive, else its first live candidate.
+    fn flush_copies(&mut self) {
+        let Some(d) = self.drain.as_ref() else { return };
+        let keys: Vec<SessionKey> = d.flush.keys().cloned().collect();
+        let me = self.cfg.node;
+        for key in keys {
+            let owner = self
+                .sessions
+                .get(&key)
+                .and_then(|s| s.epoch)
+                .map(|e| e.node)
+                .filter(|n| *n != me && self.members.is_alive(n));
+            let target = owner.or_else(|| self.candidate_owner(&key));
+            if let Some(slot) = self.drain.as_mut().and_then(|d| d.flush.get_mut(&key)) {
+                *slot = target;
+            }
+            if let Some(t) = target {
+                self.start_sync(t, &key, true);
+            }
+        }
+        if self.drain.as_ref().is_some_and(|d| !d.flush.is_empty()) {
+            self.arm_drain_retry();
+        }
+    }
+
+    /// A sync message from `from` reported its heads: a copy being flushed to it is done when
+    /// they equal ours.
+    pub(crate) fn drain_flush_progress(
+        &mut self,
+        from: NodeId,
+        session: &SessionKey,
+        their_heads: HeadsDigest,
+    ) {
+        let Some(d) = self.drain.as_ref() else { return };
+        if d.flush.get(session) != Some(&Some(from)) {
+            return;
+        }
+        if self.sessions.get(session).map(|s| s.heads) != Some(their_heads) {
+            return;
+        }
+        if let Some(d) = self.drain.as_mut() {
+            d.flush.remove(session);
+        }
+        self.pump_drain();
+    }
+
+    fn arm_drain_retry(&mut self) {
+        let Some(d) = self.drain.as_mut() else { return };
+        if d.retry_armed {
+            return;
+        }
+        d.retry_armed = true;
+        let at = self.now + self.cfg.timing.handoff_step_ms;
+        self.set_timer(at, Timer::DrainRetry);
     }
 
     pub(crate) fn pump_drain(&mut self) {
@@ -619,22 +694,16 @@ impl<D: Disk> Node<D> {
                 None => {
                     // No live successor now; one may appear (a partition heals, we finish
                     // joining) before the deadline, which leaves the session behind otherwise.
-                    let first = self.drain.as_mut().is_some_and(|d| {
+                    if let Some(d) = self.drain.as_mut() {
                         d.stranded.push(session);
-                        d.stranded.len() == 1
-                    });
-                    if first {
-                        let at = self.now + self.cfg.timing.handoff_step_ms;
-                        self.set_timer(at, Timer::DrainRetry);
                     }
+                    self.arm_drain_retry();
                 }
             }
         }
-        if self
-            .drain
-            .as_ref()
-            .is_some_and(|d| d.active == 0 && d.queue.is_empty() && d.stranded.is_empty())
-        {
+        if self.drain.as_ref().is_some_and(|d| {
+            d.active == 0 && d.queue.is_empty() && d.stranded.is_empty() && d.flush.is_empty()
+        }) {
             self.finish_drain();
         }
     }
@@ -645,8 +714,10 @@ impl<D: Disk> Node<D> {
             return;
         }
         let Some(d) = self.drain.as_mut() else { return };
+        d.retry_armed = false;
         let stranded = std::mem::take(&mut d.stranded);
         d.queue.extend(stranded);
+        self.flush_copies();
         self.pump_drain();
     }
 
