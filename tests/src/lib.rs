@@ -10,9 +10,10 @@
 //! - [`netns`]: network namespaces joined by a bridge, and partitions between them.
 //! - [`replica`]: reads a stopped node's store directly, to compare replicas byte for byte.
 //!
-//! The binary is not built by these tests: `cargo test --workspace` builds it (the workspace's
-//! `beamclaw` package has integration tests, so cargo builds its binary before running any test),
-//! and `cargo build -p beamclaw` does too. [`process::beamclaw_bin`] says so when it is missing.
+//! The binary: `cargo test --workspace` builds it (the workspace's `beamclaw` package has
+//! integration tests, so cargo builds its binary before running any test); when it is missing or
+//! older than its sources (`cargo test -p beamclaw-e2e` alone), [`process::beamclaw_bin`] builds
+//! it with `cargo build -p beamclaw` into the same target directory and profile.
 
 pub mod client;
 pub mod netns;

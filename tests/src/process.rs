@@ -10,15 +10,43 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Environment variable naming the `beamclaw` binary to test (default: next to the test
-/// executable in the target directory).
+/// Environment variable naming the `beamclaw` binary to test (default: the one cargo builds
+/// into the target directory of this test run).
 pub const BIN_ENV: &str = "BEAMCLAW_BIN";
 /// How often [`poll_until`] tries again.
 pub const POLL_INTERVAL_MS: u64 = 50;
+/// The workspace crates the `beamclaw` binary is built from: a binary older than any file
+/// under these is rebuilt before the tests use it.
+const BIN_SOURCES: &[&str] = &[
+    "node/src",
+    "node/Cargo.toml",
+    "gateway/src",
+    "gateway/Cargo.toml",
+    "mesh/src",
+    "mesh/Cargo.toml",
+    "crdt/src",
+    "crdt/Cargo.toml",
+    "Cargo.toml",
+    "Cargo.lock",
+];
+/// Files looked at when deciding whether the binary is stale, at most.
+const SOURCE_FILES_MAX: usize = 20_000;
 
 /// The `beamclaw` binary: `$BEAMCLAW_BIN`, else `<target>/<profile>/beamclaw` beside the test
-/// executable (which lives in `<target>/<profile>/deps/`).
+/// executable (which lives in `<target>/<profile>/deps/`). `cargo test --workspace` builds it
+/// before running any test (the `beamclaw` package has integration tests); when it is missing
+/// (`cargo test -p beamclaw-e2e` on a fresh checkout) or older than its sources, it is built
+/// here with `cargo build -p beamclaw`, into the same target directory and profile.
 pub fn beamclaw_bin() -> Result<PathBuf> {
+    static FOUND: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| find_or_build_bin().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn find_or_build_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(BIN_ENV) {
         let path = PathBuf::from(path);
         if path.is_file() {
@@ -31,16 +59,65 @@ pub fn beamclaw_bin() -> Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("the test executable {} has no target directory", exe.display()))?;
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", profile_dir.display()))?;
     let bin = profile_dir.join("beamclaw");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    bail!(
-        "the beamclaw binary is not built at {}: run the tests with `cargo test --workspace` \
-         (which builds it first), or `cargo build -p beamclaw` before `cargo test -p \
-         beamclaw-e2e`, or set {BIN_ENV}",
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let why = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
+        Err(_) => "it is not built".to_string(),
+        Ok(built) => match newer_source(&workspace, built) {
+            None => return Ok(bin),
+            Some(source) => format!("{} changed since it was built", source.display()),
+        },
+    };
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "building {} ({why}): cargo build -p beamclaw --bin beamclaw --profile {profile}",
         bin.display()
-    )
+    );
+    let status = Command::new(&cargo)
+        .args(["build", "-p", "beamclaw", "--bin", "beamclaw", "--profile", &profile])
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", Path::new(&cargo).display()))?;
+    if !status.success() || !bin.is_file() {
+        bail!(
+            "`cargo build -p beamclaw` failed ({status}) and {} is missing; build it, or set \
+             {BIN_ENV}",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A source file of the binary modified after `built`, if any.
+fn newer_source(workspace: &Path, built: std::time::SystemTime) -> Option<PathBuf> {
+    let mut stack: Vec<PathBuf> = BIN_SOURCES.iter().map(|s| workspace.join(s)).collect();
+    let mut seen = 0;
+    while let Some(path) = stack.pop() {
+        seen += 1;
+        if seen > SOURCE_FILES_MAX {
+            return None;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// A TCP port free on `ip` right now (the kernel's choice; closed again before returning).
