@@ -3,7 +3,8 @@
 //!   pinned) with the gateway token and as a paired device, every server frame validated against
 //!   `protocol.schema.json`;
 //! - the official `openai` Python SDK (pinned in tests/conformance/python/requirements.txt, in a
-//!   venv as node/tests/mock_llm_sdk.rs makes it) streams chat completions and lists models.
+//!   venv as node/tests/mock_llm_sdk.rs makes it) lists models and asks for chat completions,
+//!   streamed and not.
 //!
 //! Both need the network on first use (npm, PyPI). Without npm or python3 the test says so and
 //! passes; `BEAMCLAW_CONFORMANCE=require` makes that a failure.
@@ -132,12 +133,14 @@ async fn the_openai_python_sdk_streams_from_beamclaw_up() {
     let cluster = one_node(Model::Mock).await;
     let first = "The first answer, streamed to the SDK in small pieces.";
     let second = "The second answer, rebuilt by the stream helper.";
+    let third = "The third answer, in one piece.";
     cluster
         .mock()
         .unwrap()
         .load_script(&json!({"responses": [
             {"text": first, "chunkChars": 6, "usage": {"input": 11, "output": 9}},
             {"text": second, "chunkChars": 5},
+            {"text": third, "usage": {"input": 7, "output": 5}},
         ]}))
         .await
         .unwrap();
@@ -178,7 +181,17 @@ async fn the_openai_python_sdk_streams_from_beamclaw_up() {
     assert_eq!(helper["text"], second);
     assert_eq!(helper["finish_reason"], "stop");
 
-    // Both completions went to the session of OpenAI `user`, through the node's real runtime.
+    let plain = &got["non_stream"];
+    assert_eq!(plain["object"], "chat.completion", "{plain}");
+    assert_eq!(plain["text"], third);
+    assert_eq!(plain["role"], "assistant");
+    assert_eq!(plain["finish_reason"], "stop");
+    assert!(
+        plain["usage"]["completion"].as_u64().is_some(),
+        "usage of a plain completion: {plain}"
+    );
+
+    // Every completion went to the session of OpenAI `user`, through the node's real runtime.
     let t = node.transcript("agent:main:openai-user:e2e-sdk").await.unwrap();
     let roles_texts: Vec<(&str, &str)> = t.iter().map(|(r, x)| (r.as_str(), x.as_str())).collect();
     assert_eq!(
@@ -188,6 +201,8 @@ async fn the_openai_python_sdk_streams_from_beamclaw_up() {
             ("assistant", first),
             ("user", "second question, through the stream helper"),
             ("assistant", second),
+            ("user", "third question, not streamed"),
+            ("assistant", third),
         ]
     );
     cluster.assert_no_panics().unwrap();

@@ -2,9 +2,9 @@
 
 Usage: python beamclaw_up_check.py BASE_URL TOKEN USER
 
-Lists the models, then streams one chat completion twice over (the raw `stream=True` iterator,
-then the SDK's `chat.completions.stream` helper that rebuilds the final completion), each in the
-session of OpenAI `user` USER. Prints one JSON object with what the SDK saw; tests/tests/
+Lists the models, streams one chat completion twice over (the raw `stream=True` iterator, then
+the SDK's `chat.completions.stream` helper that rebuilds the final completion), then asks for one
+without streaming, each in the session of OpenAI `user` USER. Prints one JSON object with what the SDK saw; tests/tests/
 conformance.rs (package beamclaw-e2e) compares it with the node's scripted model. Retries are off
 so that a wire error surfaces instead of being retried.
 """
@@ -62,6 +62,21 @@ def main():
         "text": completion.choices[0].message.content,
         "finish_reason": completion.choices[0].finish_reason,
         "model": completion.model,
+    }
+
+    plain = client.chat.completions.create(
+        model="beamclaw/main",
+        messages=[{"role": "user", "content": "third question, not streamed"}],
+        user=user,
+    )
+    out["non_stream"] = {
+        "object": plain.object,
+        "text": plain.choices[0].message.content,
+        "role": plain.choices[0].message.role,
+        "finish_reason": plain.choices[0].finish_reason,
+        "usage": None
+        if plain.usage is None
+        else {"prompt": plain.usage.prompt_tokens, "completion": plain.usage.completion_tokens},
     }
     print(json.dumps(out, sort_keys=True))
 
