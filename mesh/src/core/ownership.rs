@@ -152,6 +152,14 @@ impl<D: Disk> Node<D> {
         for _ in role.running.keys() {
             self.docs.unpin(session);
         }
+        let holds_copy =
+            self.sessions.get(session).is_some_and(|s| s.heads != HeadsDigest::default());
+        if holds_copy && let Some(d) = self.drain.as_mut() {
+            // Draining: what we wrote as owner may be on no other node yet; sync it to the new
+            // owner before leaving, like every other copy we hold.
+            d.flush.insert(session.clone(), None);
+            self.arm_drain_retry();
+        }
         if role.handoff.is_some() {
             self.handoff_finished(session);
         }
@@ -494,7 +502,10 @@ impl<D: Disk> Node<D> {
         if self.drain.is_some() || self.left || epoch.node != self.cfg.node {
             return self.send(from, refuse(HandoffRefusal::Unwilling));
         }
-        if self.sessions.get(&session).and_then(|s| s.epoch).is_some_and(|k| k >= epoch) {
+        // A node owns only under a term above every term it has seen: an offer made with a
+        // stale view (the offerer missed a claim from the other side of a partition) may name
+        // a term someone else already holds, under a lower node id.
+        if self.sessions.get(&session).and_then(|s| s.epoch).is_some_and(|k| k.term >= epoch.term) {
             return self.send(from, refuse(HandoffRefusal::StaleEpoch));
         }
         let ours = self.sessions.get(&session).map(|s| s.heads).unwrap_or_default();
