@@ -288,6 +288,11 @@ impl Node {
         Ok(started.elapsed())
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.pid().as_raw())
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),

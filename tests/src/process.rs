@@ -32,11 +32,12 @@ const BIN_SOURCES: &[&str] = &[
 /// Files looked at when deciding whether the binary is stale, at most.
 const SOURCE_FILES_MAX: usize = 20_000;
 
-/// The `beamclaw` binary: `$BEAMCLAW_BIN`, else `<target>/<profile>/beamclaw` beside the test
-/// executable (which lives in `<target>/<profile>/deps/`). `cargo test --workspace` builds it
-/// before running any test (the `beamclaw` package has integration tests); when it is missing
-/// (`cargo test -p beamclaw-e2e` on a fresh checkout) or older than its sources, it is built
-/// here with `cargo build -p beamclaw`, into the same target directory and profile.
+/// The `beamclaw` binary: `$BEAMCLAW_BIN`, else `<target>/<profile>/beamclaw` of the target
+/// directory and profile of the running test (in `<target>/<profile>/deps/`) or binary.
+/// `cargo test --workspace` builds it before running any test (the `beamclaw` package has
+/// integration tests); when it is missing (`cargo test -p beamclaw-e2e` on a fresh checkout) or
+/// older than its sources, it is built here with `cargo build -p beamclaw`, into the same
+/// target directory and profile.
 pub fn beamclaw_bin() -> Result<PathBuf> {
     static FOUND: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
         std::sync::OnceLock::new();
@@ -55,9 +56,10 @@ fn find_or_build_bin() -> Result<PathBuf> {
         bail!("{BIN_ENV}={} is not a file", path.display());
     }
     let exe = std::env::current_exe().context("cannot locate the test executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
+    // Tests live in `<target>/<profile>/deps/`, binaries (the benchmark driver) one level up.
+    let exe_dir = exe.parent();
+    let in_deps = exe_dir.and_then(Path::file_name).is_some_and(|n| n == "deps");
+    let profile_dir = if in_deps { exe_dir.and_then(Path::parent) } else { exe_dir }
         .ok_or_else(|| anyhow!("the test executable {} has no target directory", exe.display()))?;
     let target_dir = profile_dir
         .parent()
