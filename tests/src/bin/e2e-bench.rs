@@ -385,7 +385,7 @@ async fn ttft() -> Result<()> {
 
 async fn idle_ws() -> Result<()> {
     // 10k sockets on each side: the open-file limit must allow it (the node inherits ours).
-    let want = (2 * IDLE_CONNECTIONS + 1024) as u64;
+    let want = (IDLE_CONNECTIONS + 1024) as u64;
     let limits = std::fs::read_to_string("/proc/self/limits")?;
     let soft: u64 = limits
         .lines()
