@@ -148,6 +148,10 @@ async fn an_operator_on_another_node_approves_a_command_and_the_tool_sees_it_wit
         !history.iter().any(|(role, t)| role == "user" && t.contains("/approve")),
         "the command is not a message: {history:?}"
     );
+    for node in &cluster.nodes {
+        let row = node.local_row("system:exec-approvals").await.unwrap();
+        assert!(row.is_none(), "the approvals log is listed as a session by {}", node.name());
+    }
 
     cluster.assert_no_panics().unwrap();
 }

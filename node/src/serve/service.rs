@@ -706,6 +706,8 @@ impl GatewayService for NodeService {
         let mut out: Vec<(SessionKey, IndexEntry)> = sessions
             .into_iter()
             .filter(|(_, e)| e.deleted_at_ms.is_none() && !e.session_id.is_empty())
+            // The reserved exec-approvals log is the mesh's, not a conversation.
+            .filter(|(k, _)| k.as_str() != crate::approvals::APPROVALS_SESSION)
             .filter(|(_, e)| query.agent_id.as_ref().is_none_or(|a| *a == e.agent_id))
             .filter(|(_, e)| query.label.as_ref().is_none_or(|l| e.label.as_ref() == Some(l)))
             .filter(|(_, e)| {
