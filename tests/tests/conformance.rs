@@ -22,6 +22,9 @@ use serde_json::{Value, json};
 /// npm install and the run together stay under this.
 const HARNESS_TIMEOUT: Duration = Duration::from_secs(600);
 
+#[path = "../conformance/python/venv.rs"]
+mod venv;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -81,47 +84,9 @@ async fn the_reference_client_conforms_against_beamclaw_up() {
     cluster.assert_no_panics().unwrap();
 }
 
-/// FNV-1a of the requirements: the venv is rebuilt when they change.
-fn fingerprint(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// The venv's python, creating the venv and installing the pinned SDKs when needed.
+/// The venv's python with the pinned SDKs.
 fn python_with_sdks() -> PathBuf {
-    let requirements = repo_root().join("tests/conformance/python/requirements.txt");
-    let pins = std::fs::read(&requirements).expect("requirements.txt is readable");
-    let venv =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("py-sdk-{}", fingerprint(&pins)));
-    let python = venv.join("bin/python");
-    let marker = venv.join(".installed");
-    if !marker.exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv), "python3 -m venv");
-        run(
-            Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-                .arg(&requirements),
-            "pip install -r tests/conformance/python/requirements.txt",
-        );
-        std::fs::write(&marker, &pins).expect("venv marker is writable");
-    }
-    python
+    venv::python_with_sdks(&repo_root(), Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -982,10 +982,11 @@ fn tokio_stream_from(rx: broadcast::Receiver<NodeEvent>) -> BoxStream<'static, N
     .boxed()
 }
 
-/// Ends a session subscription when the gateway drops its stream.
-struct Unsubscribe {
-    mesh: MeshHandle,
-    session: Option<SessionKey>,
+/// Ends a session subscription when the stream that holds it is dropped (the gateway's event
+/// streams here, the session tools' in `sessions_api.rs`).
+pub(super) struct Unsubscribe {
+    pub(super) mesh: MeshHandle,
+    pub(super) session: Option<SessionKey>,
 }
 
 impl Drop for Unsubscribe {

@@ -48,25 +48,6 @@ fn unexpected(r: Response) -> SessionsError {
     SessionsError::Unavailable(format!("unexpected answer from the owner: {r:?}"))
 }
 
-/// Ends a mesh subscription when the stream is dropped.
-struct Unsubscribe {
-    mesh: MeshHandle,
-    session: Option<SessionKey>,
-}
-
-impl Drop for Unsubscribe {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let mesh = self.mesh.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = mesh.unsubscribe(session).await;
-                });
-            }
-        }
-    }
-}
-
 impl SessionsApi for MeshSessions {
     fn node_id(&self) -> String {
         self.mesh.node_id().to_string()
@@ -191,7 +172,8 @@ impl SessionsApi for MeshSessions {
                 .subscribe(key.clone())
                 .await
                 .map_err(|e| SessionsError::Unavailable(e.to_string()))?;
-            let guard = Unsubscribe { mesh: self.mesh.clone(), session: Some(key.clone()) };
+            let guard =
+                super::service::Unsubscribe { mesh: self.mesh.clone(), session: Some(key.clone()) };
             let key = key.clone();
             let stream = futures::stream::unfold((events, guard), move |(mut events, guard)| {
                 let key = key.clone();
