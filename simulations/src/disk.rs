@@ -150,11 +150,12 @@ impl Durable {
             self.shadows.remove(key);
             return Ok(None);
         };
-        // Feed the chunks that landed since the last look; rebuild when that fails.
+        // Feed the chunks that landed since the last look (each part's in one batch: they are
+        // often many, and Automerge's cost per call is high); rebuild when that fails.
         let caught_up = match self.shadows.get_mut(key) {
             Some((doc, applied)) => {
                 let fresh = chunks.get(*applied..).unwrap_or_default();
-                let ok = fresh.iter().all(|c| doc.apply_chunk(c).is_ok());
+                let ok = fresh.is_empty() || doc.apply_chunks(fresh).is_ok();
                 *applied = chunks.len();
                 ok
             }

@@ -150,8 +150,8 @@ macro_rules! settings {
             }
         }
 
-        fn read_settings(doc: &AutoCommit, obj: &ObjId, out: &mut SessionMeta) {
-            $(out.$field = read_scalar(doc, obj, $key).and_then(|v| <$ty>::read(&v));)*
+        fn read_settings(fields: &Fields, out: &mut SessionMeta) {
+            $(out.$field = fields.get($key).and_then(|v| <$ty>::read(v));)*
         }
 
         fn write_settings(
@@ -214,9 +214,23 @@ fn object(doc: &AutoCommit, key: &str, ty: ObjType) -> Result<ObjId, DocError> {
     genesis_object(doc, &PartId::Manifest, key, ty)
 }
 
-fn counter(doc: &AutoCommit, meta: &ObjId, key: &str) -> u64 {
-    match read_scalar(doc, meta, key) {
-        Some(ScalarValue::Counter(c)) => u64::try_from(i64::from(&c)).unwrap_or(0),
+/// The scalar values of a map, by key (the winning value of each, as `get` returns).
+type Fields = std::collections::HashMap<String, ScalarValue>;
+
+/// Reads every scalar of the map `obj` in one pass: one `get` per field costs a seek each, and
+/// the metadata map has some thirty fields.
+fn read_fields(doc: &AutoCommit, obj: &ObjId) -> Fields {
+    doc.map_range(obj, ..)
+        .filter_map(|item| match item.value.into_value() {
+            Value::Scalar(s) => Some((item.key.into_owned(), s.into_owned())),
+            Value::Object(_) => None,
+        })
+        .collect()
+}
+
+fn counter(fields: &Fields, key: &str) -> u64 {
+    match fields.get(key) {
+        Some(ScalarValue::Counter(c)) => u64::try_from(i64::from(c)).unwrap_or(0),
         _ => 0,
     }
 }
@@ -268,21 +282,22 @@ pub(crate) fn init(
 pub(crate) fn read(part: &Part, session_key: &str) -> Result<SessionMeta, DocError> {
     let doc = &part.doc;
     let meta = object(doc, KEY_META, ObjType::Map)?;
-    let text = |key| read_scalar(doc, &meta, key).and_then(|v| v.as_str().map(str::to_owned));
-    let int = |key| read_scalar(doc, &meta, key).and_then(|v| v.as_i64()).unwrap_or(0);
+    let fields = read_fields(doc, &meta);
+    let text = |key| fields.get(key).and_then(|v| v.as_str().map(str::to_owned));
+    let int = |key| fields.get(key).and_then(|v| v.as_i64()).unwrap_or(0);
     let mut out = SessionMeta {
         session_id: session_ids(part)?.into_iter().next().unwrap_or_default(),
         agent_id: text(KEY_AGENT_ID).unwrap_or_default(),
         session_key: session_key.to_owned(),
         created_at_ms: int(KEY_CREATED_AT),
         session_started_at_ms: int(KEY_SESSION_STARTED_AT),
-        input_tokens: counter(doc, &meta, KEY_INPUT_TOKENS),
-        output_tokens: counter(doc, &meta, KEY_OUTPUT_TOKENS),
-        total_tokens: counter(doc, &meta, KEY_TOTAL_TOKENS),
-        compaction_count: counter(doc, &meta, KEY_COMPACTION_COUNT),
+        input_tokens: counter(&fields, KEY_INPUT_TOKENS),
+        output_tokens: counter(&fields, KEY_OUTPUT_TOKENS),
+        total_tokens: counter(&fields, KEY_TOTAL_TOKENS),
+        compaction_count: counter(&fields, KEY_COMPACTION_COUNT),
         ..SessionMeta::default()
     };
-    read_settings(doc, &meta, &mut out);
+    read_settings(&fields, &mut out);
     Ok(out)
 }
 
@@ -359,9 +374,10 @@ pub(crate) fn reset(
     let old_ids = session_ids(part)?;
     let meta = object(&part.doc, KEY_META, ObjType::Map)?;
     let archives = object(&part.doc, KEY_ARCHIVES, ObjType::List)?;
+    let fields = read_fields(&part.doc, &meta);
     let mut counters = Vec::new();
     for key in [KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS, KEY_COMPACTION_COUNT] {
-        let value = counter(&part.doc, &meta, key);
+        let value = counter(&fields, key);
         counters.push((key, to_increment(key, value)?));
     }
     part.transact(|doc| {

@@ -739,10 +739,12 @@ impl SessionDoc {
     }
 
     /// Brings the in-memory view up to date after part `id` changed under us from heads `before`.
+    /// `hint`: changes just given to Automerge, if known (see [`Segment::refresh_since`]).
     fn part_changed(
         &mut self,
         id: &PartId,
         before: &[automerge::ChangeHash],
+        hint: &[automerge::Change],
     ) -> Result<(), DocError> {
         match id {
             PartId::Manifest => {
@@ -766,7 +768,7 @@ impl SessionDoc {
                 else {
                     return Ok(());
                 };
-                let refresh = segment.refresh_since(id, before)?;
+                let refresh = segment.refresh_since(id, before, hint)?;
                 if *session_id != self.session_id {
                     return Ok(());
                 }
@@ -795,12 +797,35 @@ impl SessionDoc {
     /// Applies changes pushed by a replica (a chunk from its `take_chunks`). Unknown segments are
     /// created on the fly; changes whose dependencies are missing wait inside Automerge.
     pub fn apply_chunk(&mut self, chunk: &Chunk) -> Result<ApplyOutcome, DocError> {
-        let part = self.part_or_create(&chunk.part)?;
+        self.apply_part(&chunk.part, &[&chunk.bytes])
+    }
+
+    /// Applies many chunks at once, each part's in one Automerge call: the same end state as
+    /// [`Self::apply_chunk`] on each in turn, for much less work when a part has several (a
+    /// copy catching up on the chunks written since it last looked). Stops at the first part
+    /// that fails.
+    pub fn apply_chunks<'c>(
+        &mut self,
+        chunks: impl IntoIterator<Item = &'c Chunk>,
+    ) -> Result<ApplyOutcome, DocError> {
+        let mut by_part: BTreeMap<&PartId, Vec<&[u8]>> = BTreeMap::new();
+        for chunk in chunks {
+            by_part.entry(&chunk.part).or_default().push(&chunk.bytes);
+        }
+        let mut outcome = ApplyOutcome::default();
+        for (id, pieces) in by_part {
+            outcome.merge(self.apply_part(id, &pieces)?);
+        }
+        Ok(outcome)
+    }
+
+    fn apply_part(&mut self, id: &PartId, pieces: &[&[u8]]) -> Result<ApplyOutcome, DocError> {
+        let part = self.part_or_create(id)?;
         let before = part.heads();
-        let changed = part.apply(&chunk.part, &chunk.bytes)?;
+        let (changed, parsed) = part.apply_many(id, pieces)?;
         let waiting_for_dependencies = part.waiting_for_dependencies();
         if changed {
-            self.part_changed(&chunk.part, &before)?;
+            self.part_changed(id, &before, &parsed)?;
         }
         Ok(ApplyOutcome { changed, waiting_for_dependencies })
     }
@@ -915,6 +940,7 @@ impl SessionDoc {
         let mut outcome = ApplyOutcome::default();
         let mut result = Ok(());
         for (id, part_message) in decoded {
+            let hint = part::parse_changes(part_message.changes.iter());
             let state = peer.parts.entry(id.clone()).or_default();
             let part = match self.part_or_create(id) {
                 Ok(part) => part,
@@ -934,7 +960,7 @@ impl SessionDoc {
                 waiting_for_dependencies: part.waiting_for_dependencies(),
             });
             if changed {
-                self.part_changed(id, &before)?;
+                self.part_changed(id, &before, &hint)?;
             }
         }
         result.map(|()| outcome)

@@ -73,6 +73,28 @@ fn split_chunk(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), &'static str> {
     Ok((kind, &bytes[..end], &bytes[end..]))
 }
 
+/// The changes in Automerge bytes, best effort: pieces that are not well-formed changes (whole
+/// documents, damaged chunks) are left out. Used only as a hint; the document decides what was
+/// applied.
+pub(crate) fn parse_changes<'b>(pieces: impl IntoIterator<Item = &'b [u8]>) -> Vec<Change> {
+    let mut out = Vec::new();
+    for bytes in pieces {
+        let mut rest = bytes;
+        while let Ok((kind, piece, after)) = split_chunk(rest) {
+            rest = after;
+            if matches!(kind, CHUNK_TYPE_CHANGE | CHUNK_TYPE_COMPRESSED)
+                && let Ok(change) = Change::try_from(piece)
+            {
+                out.push(change);
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// Checks the writer actor the caller passes. Writer actors are longer than genesis actors, so a
 /// writer can never impersonate the genesis of a part.
 pub(crate) fn writer_actor_id(actor: &[u8]) -> Result<ActorId, DocError> {
@@ -164,12 +186,28 @@ impl Part {
 
     /// Applies Automerge bytes (a `save()` or incremental changes). Returns whether the document
     /// changed; changes whose dependencies are missing are queued by Automerge.
+    #[cfg(test)]
     pub(crate) fn apply(&mut self, part: &PartId, bytes: &[u8]) -> Result<bool, DocError> {
+        self.apply_many(part, &[bytes]).map(|(changed, _)| changed)
+    }
+
+    /// Applies several pieces of Automerge bytes in one Automerge call (its cost per call is
+    /// high). Returns whether the document changed, and the changes parsed from the pieces: a
+    /// hint that spares [`super::segment::Segment::refresh_since`] rebuilding them from the op
+    /// set (changes inside whole documents are not in it).
+    pub(crate) fn apply_many(
+        &mut self,
+        part: &PartId,
+        pieces: &[&[u8]],
+    ) -> Result<(bool, Vec<Change>), DocError> {
         let before = self.doc.get_heads();
         let mut changes = Vec::new();
-        self.ingest(part, bytes, &mut changes)?;
+        for bytes in pieces {
+            self.ingest(part, bytes, &mut changes)?;
+        }
+        let parsed = changes.clone();
         self.apply_changes(part, changes)?;
-        Ok(self.doc.get_heads() != before)
+        Ok((self.doc.get_heads() != before, parsed))
     }
 
     /// Parses Automerge bytes: whole documents are taken in at once, changes are added to

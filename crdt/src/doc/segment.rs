@@ -12,8 +12,8 @@ use super::record::{Encoded, Entry, message_from_map};
 use crate::message::Message;
 use crate::types::PartId;
 use automerge::legacy::{ObjectId, OpId, OpType};
-use automerge::{ActorId, ChangeHash, ObjId, ObjType, ReadDoc, hydrate};
-use std::collections::HashSet;
+use automerge::{ActorId, Change, ChangeHash, ObjId, ObjType, ReadDoc, hydrate};
+use std::collections::{HashMap, HashSet};
 
 /// How the index view of a segment changed after remote changes were applied.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,12 +105,16 @@ impl Segment {
     }
 
     /// Brings the index view up to date after remote changes moved the heads from `before`.
+    /// `hint` holds changes the caller just handed to Automerge (parsed from a chunk or sync
+    /// message); when it covers every new change they are inspected from it, otherwise the new
+    /// changes are rebuilt from the op set (which costs far more).
     pub(crate) fn refresh_since(
         &mut self,
         id: &PartId,
         before: &[ChangeHash],
+        hint: &[Change],
     ) -> Result<Refresh, DocError> {
-        match self.inspect_changes(id, before)? {
+        match self.inspect_changes(id, before, hint)? {
             Some(refresh) => {
                 #[cfg(debug_assertions)]
                 self.assert_view_is_current(id)?;
@@ -135,13 +139,25 @@ impl Segment {
         &mut self,
         id: &PartId,
         before: &[ChangeHash],
+        hint: &[Change],
     ) -> Result<Option<Refresh>, DocError> {
         let ObjId::Id(list_ctr, list_actor, _) = &self.list else {
             return Ok(None);
         };
+        // The hashes of the new changes are cheap to list; the changes themselves are not.
+        let new: Vec<ChangeHash> =
+            self.part.doc.get_changes_meta(before).into_iter().map(|m| m.hash).collect();
+        let hinted: HashMap<ChangeHash, &Change> = hint.iter().map(|c| (c.hash(), c)).collect();
+        let rebuilt;
+        let changes: Vec<&Change> = if new.iter().all(|h| hinted.contains_key(h)) {
+            new.iter().filter_map(|h| hinted.get(h).copied()).collect()
+        } else {
+            rebuilt = self.part.doc.get_changes(before);
+            rebuilt.iter().collect()
+        };
         let mut inserted: HashSet<(u64, ActorId)> = HashSet::new();
         let mut written: HashSet<(u64, ActorId)> = HashSet::new();
-        for change in self.part.doc.get_changes(before) {
+        for change in changes {
             let change = change.decode();
             for (offset, op) in change.operations.iter().enumerate() {
                 let ObjectId::Id(OpId(ctr, actor)) = &op.obj else {
