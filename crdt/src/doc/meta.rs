@@ -301,6 +301,14 @@ pub(crate) fn read(part: &Part, session_key: &str) -> Result<SessionMeta, DocErr
     Ok(out)
 }
 
+/// The agent id alone (one `get` instead of reading every field).
+pub(crate) fn agent_id(part: &Part) -> Result<String, DocError> {
+    let meta = object(&part.doc, KEY_META, ObjType::Map)?;
+    Ok(read_scalar(&part.doc, &meta, KEY_AGENT_ID)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default())
+}
+
 /// Applies a patch (one change when anything is written). Returns whether anything was.
 pub(crate) fn patch(part: &mut Part, patch: &MetaPatch) -> Result<bool, DocError> {
     let meta = object(&part.doc, KEY_META, ObjType::Map)?;

@@ -573,6 +573,23 @@ impl SessionDoc {
         meta::read(&self.manifest, self.key.as_str())
     }
 
+    /// The agent of the session (`meta().agent_id`, without reading the other fields).
+    pub fn agent_id(&self) -> Result<String, DocError> {
+        meta::agent_id(&self.manifest)
+    }
+
+    /// The timestamp of the newest message of the current transcript (the one
+    /// `history(1, None)` returns), without reading the rest of it; `None` when there is none.
+    pub fn last_message_timestamp_ms(&self) -> Result<Option<i64>, DocError> {
+        let Some(segments) = self.segments() else { return Ok(None) };
+        let Some(loc) = self.index.last_shown(segments) else { return Ok(None) };
+        match segments.get(&loc.segment).and_then(|s| s.read_timestamp(loc.pos as usize)) {
+            Some(at) => Ok(Some(at)),
+            // Malformed: let the full read decide, as `history` does.
+            None => Ok(self.history(1, None)?.last().map(|m| m.timestamp_ms)),
+        }
+    }
+
     /// Applies a patch to the settings; returns whether anything was written.
     pub fn patch_meta(&mut self, patch: &MetaPatch) -> Result<bool, DocError> {
         let changed = meta::patch(&mut self.manifest, patch)?;

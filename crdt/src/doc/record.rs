@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 const KEY_ID: &str = "i";
 const KEY_ROLE: &str = "r";
-const KEY_TIMESTAMP: &str = "t";
+pub(crate) const KEY_TIMESTAMP: &str = "t";
 const KEY_BODY: &str = "b";
 const KEY_PARTIAL: &str = "p";
 const KEY_IDEMPOTENCY: &str = "k";

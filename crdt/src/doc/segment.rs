@@ -8,7 +8,7 @@
 
 use super::error::DocError;
 use super::part::{KEY_MESSAGES, Part, genesis_object};
-use super::record::{Encoded, Entry, message_from_map};
+use super::record::{Encoded, Entry, KEY_TIMESTAMP, message_from_map};
 use crate::message::Message;
 use crate::types::PartId;
 use automerge::legacy::{ObjectId, OpId, OpType};
@@ -260,6 +260,15 @@ impl Segment {
         self.part.transact(|doc| encoded.overwrite(doc, &obj).map_err(DocError::automerge(id)))?;
         self.set_slot(pos, Some(encoded.entry()));
         Ok(())
+    }
+
+    /// The timestamp of the message at `pos`, read alone; `None` when it has none.
+    pub(crate) fn read_timestamp(&self, pos: usize) -> Option<i64> {
+        let obj = self.objs.get(pos)?;
+        match self.part.doc.get(obj, KEY_TIMESTAMP) {
+            Ok(Some((automerge::Value::Scalar(s), _))) => s.as_i64(),
+            _ => None,
+        }
     }
 
     /// Reads the whole message at `pos`; `Ok(None)` when the element is malformed (logged).

@@ -262,6 +262,21 @@ impl Transcript {
         Ok(out)
     }
 
+    /// Where the newest shown message is (the one `history(.., 1, None)` returns).
+    pub(crate) fn last_shown(&self, segments: &Segments) -> Option<Loc> {
+        for (&segment, seg) in segments.iter().rev() {
+            for (pos, slot) in seg.slots.iter().enumerate().rev() {
+                let Some(entry) = slot else { continue };
+                let Ok(pos) = u32::try_from(pos) else { continue };
+                let loc = Loc { segment, pos };
+                if self.is_shown(entry, loc) {
+                    return Some(loc);
+                }
+            }
+        }
+        None
+    }
+
     /// Every shown message in reading order (fork copies them).
     pub(crate) fn shown_locs<'s>(
         &'s self,

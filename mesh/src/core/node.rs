@@ -1059,9 +1059,9 @@ impl<D: Disk> Node<D> {
 fn index_entry_with(doc: &SessionDoc, meta: &SessionMeta) -> IndexEntry {
     let meta = meta.clone();
     let updated_at_ms = doc
-        .history(1, None)
+        .last_message_timestamp_ms()
         .ok()
-        .and_then(|m| m.last().map(|m| m.timestamp_ms))
+        .flatten()
         .unwrap_or(meta.session_started_at_ms)
         .max(meta.created_at_ms);
     IndexEntry {

@@ -41,7 +41,7 @@ impl<D: Disk> Node<D> {
         }
         let found = self.with_doc(session, |doc| {
             let message = doc.get(message_id).ok().flatten()?;
-            Some((message, doc.meta().ok()?.agent_id))
+            Some((message, doc.agent_id().ok()?))
         });
         let Some(Some((message, agent_id))) = found else { return };
         if message.role != Role::User {
