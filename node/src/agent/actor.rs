@@ -19,6 +19,7 @@ use super::turn::{StartTurn, SteerInbox, StopKind, TurnJob, TurnOutcome, TurnRun
 use crate::config::{QueueDrop, QueueMode, QueueSettings};
 use beamclaw_crdt::SessionKey;
 use beamclaw_mesh::core::turn::TurnEvent;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,15 +199,31 @@ impl Actor {
             match running.as_mut() {
                 Some(turn) => {
                     tokio::select! {
+                        // A turn that has ended is seen before a request that came after it.
+                        biased;
                         outcome = &mut turn.future => {
-                            tracing::debug!(session = %self.session, outcome = outcome_name(&outcome), "turn ended");
+                            self.ended(&outcome);
                             running = None;
-                            *self.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                            let leftover = std::mem::take(&mut *self.steer.lock().unwrap_or_else(|p| p.into_inner()));
-                            self.pending.extend(leftover);
                         }
                         input = self.rx.recv() => match input {
-                            Some(t) => self.arrived_while_running(t, turn),
+                            // A client sends its next message once it has the final event, which
+                            // the core sends when the final message is durable, right after it
+                            // resolved the turn's write: the turn may have ended without having
+                            // been polled since. Such a request came after the turn, not during
+                            // it, and must not wait for the queue's debounce.
+                            Some(t) => match (&mut turn.future).now_or_never() {
+                                Some(outcome) => {
+                                    self.ended(&outcome);
+                                    running = None;
+                                    if self.pending.is_empty() {
+                                        self.last_arrival = Instant::now();
+                                        running = Some(self.start(TurnJob { turn: t, absorbed: Vec::new(), note: None, handoff: Arc::default() }));
+                                    } else {
+                                        self.enqueue(t);
+                                    }
+                                }
+                                None => self.arrived_while_running(t, turn),
+                            },
                             None => return,
                         },
                     }
@@ -247,6 +264,14 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// The running turn has ended: its steering leftovers become queued requests.
+    fn ended(&mut self, outcome: &TurnOutcome) {
+        tracing::debug!(session = %self.session, outcome = outcome_name(outcome), "turn ended");
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let leftover = std::mem::take(&mut *self.steer.lock().unwrap_or_else(|p| p.into_inner()));
+        self.pending.extend(leftover);
     }
 
     /// Leaves the registry if no request is waiting. The registry lock is held while checking,

@@ -69,6 +69,25 @@ pub trait TurnOutput: Send + Sync {
         epoch: u64,
         usage: Usage,
     ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Appends a turn's final message and adds its usage (resolves once both are durable).
+    /// Implementations that can should make this one write: it is on every turn's path.
+    fn append_final<'a>(
+        &'a self,
+        session: &'a SessionKey,
+        epoch: u64,
+        message: Message,
+        usage: Usage,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.append(session, epoch, vec![message]).await?;
+            if usage.total() > 0
+                && let Err(e) = self.add_usage(session, epoch, usage).await
+            {
+                tracing::warn!(error = %e, "cannot add usage to the session");
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Receives the ephemeral events of running turns (deltas, tool progress, the end).

@@ -625,13 +625,17 @@ impl TurnRunner {
         message.reply_to = std::mem::take(&mut state.reply_to);
         let has_output = !message.content.is_empty();
         // A turn that produced nothing leaves nothing behind; anything streamed is kept once.
-        if (has_output || (error.is_none() && stop != StopReason::Aborted))
-            && let Err(e) =
-                self.ports.output.append(&turn.session, turn.epoch, vec![message.clone()]).await
-        {
-            return self.fail(&run, &absorbed, "output", e.to_string());
-        }
-        if state.usage.total() > 0
+        // The final message and the turn's usage are one durable write, and nothing after it
+        // waits: the clients have the final event as soon as it is durable, and the session's
+        // actor must see this turn ended before it sees their next message (see actor.rs).
+        if has_output || (error.is_none() && stop != StopReason::Aborted) {
+            let output = &self.ports.output;
+            if let Err(e) =
+                output.append_final(&turn.session, turn.epoch, message.clone(), state.usage).await
+            {
+                return self.fail(&run, &absorbed, "output", e.to_string());
+            }
+        } else if state.usage.total() > 0
             && let Err(e) =
                 self.ports.output.add_usage(&turn.session, turn.epoch, state.usage).await
         {

@@ -100,6 +100,17 @@ impl TurnOutput for MeshPorts {
     ) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(self.write(session, epoch, Vec::new(), usage))
     }
+
+    fn append_final<'a>(
+        &'a self,
+        session: &'a SessionKey,
+        epoch: u64,
+        message: Message,
+        usage: Usage,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        // One core write, so one group commit, for the answer and its token counts.
+        Box::pin(self.write(session, epoch, vec![message], usage))
+    }
 }
 
 impl TurnEvents for MeshPorts {
