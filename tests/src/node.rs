@@ -584,18 +584,19 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.print_logs();
-            if std::env::var_os("BEAMCLAW_E2E_KEEP").is_some() {
-                let path = self.dir.path().to_path_buf();
-                eprintln!("keeping {}", path.display());
-                let dir = std::mem::replace(
-                    &mut self.dir,
-                    match tempfile::tempdir() {
-                        Ok(d) => d,
-                        Err(_) => return,
-                    },
-                );
-                let _ = dir.keep();
-            }
+        }
+        // Kept on request, failed or not (logs of a benchmark run are read afterwards too).
+        if std::env::var_os("BEAMCLAW_E2E_KEEP").is_some() {
+            let path = self.dir.path().to_path_buf();
+            eprintln!("keeping {}", path.display());
+            let dir = std::mem::replace(
+                &mut self.dir,
+                match tempfile::tempdir() {
+                    Ok(d) => d,
+                    Err(_) => return,
+                },
+            );
+            let _ = dir.keep();
         }
         for node in &mut self.nodes {
             let _ = node.kill9();

@@ -1,7 +1,7 @@
 //! Benchmarks of real `beamclaw` processes on loopback (docs/benchmarks.md, "Real mesh" and
 //! "Gateway"). Not a test: `cargo run --release -p beamclaw-e2e --bin e2e-bench [-- NAME...]`
 //! (it uses the release `beamclaw` beside it, building it when missing, or `$BEAMCLAW_BIN`).
-//! Names: ready, rss, join, detect, forward, handoff, ws-turns, completions, ttft, idle-ws
+//! Names: ready, rss, join, detect, serial, forward, handoff, ws-turns, completions, ttft, idle-ws
 //! (default: all). Prints one line per figure.
 
 use std::sync::Arc;
@@ -182,6 +182,17 @@ async fn turn_latencies(client: &mut Client, session: &str, turns: usize) -> Res
         out.push(ms(started.elapsed()));
     }
     Ok(out)
+}
+
+/// One node, one client, turns one after another: the turn path without the mesh's network.
+async fn serial() -> Result<()> {
+    let (cluster, _) = Cluster::start(&opts(1, Model::Offline), Duration::from_secs(10)).await?;
+    let session = unique_key("serial");
+    let mut client = cluster.node(0).client().await?;
+    turn_latencies(&mut client, &session, 20).await?;
+    let samples = turn_latencies(&mut client, &session, FORWARD_TURNS).await?;
+    report("turn on a single node (chat.send to final, offline model, one client)", &samples);
+    Ok(())
 }
 
 async fn forward() -> Result<()> {
@@ -429,6 +440,7 @@ async fn main() -> Result<()> {
         "rss",
         "join",
         "detect",
+        "serial",
         "forward",
         "handoff",
         "ws-turns",
@@ -446,6 +458,7 @@ async fn main() -> Result<()> {
             "rss" => rss().await,
             "join" => join().await,
             "detect" => detect().await,
+            "serial" => serial().await,
             "forward" => forward().await,
             "handoff" => handoff().await,
             "ws-turns" => ws_turns().await,
