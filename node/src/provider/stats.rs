@@ -97,7 +97,7 @@ impl Buckets {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct ModelCounters {
     requests: u64,
     errors: BTreeMap<&'static str, u64>,
@@ -105,6 +105,18 @@ struct ModelCounters {
     latency: Buckets,
     tokens_in: u64,
     tokens_out: u64,
+    /// This pair's metrics, looked up once: updating them then takes no label allocation.
+    metrics: ModelMetrics,
+}
+
+/// Handles to one provider/model pair's metrics (they share their values with the families).
+#[derive(Clone, Debug)]
+struct ModelMetrics {
+    requests: Counter,
+    ttft: Histogram,
+    latency: Histogram,
+    tokens_in: Counter,
+    tokens_out: Counter,
 }
 
 /// What `status` shows for one provider/model pair (serialized in camelCase for JSON status).
@@ -125,7 +137,8 @@ pub struct ModelStatsSnapshot {
 }
 
 pub struct ProviderStats {
-    models: Mutex<BTreeMap<(String, String), ModelCounters>>,
+    /// provider -> model -> counters; nested so that an update looks up by `&str`.
+    models: Mutex<BTreeMap<String, BTreeMap<String, ModelCounters>>>,
     metrics: Metrics,
 }
 
@@ -180,7 +193,41 @@ impl ProviderStats {
     fn with<R>(&self, provider: &str, model: &str, f: impl FnOnce(&mut ModelCounters) -> R) -> R {
         // A poisoned lock only means a panic elsewhere mid-update of plain counters.
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        f(models.entry((provider.to_string(), model.to_string())).or_default())
+        if !models.get(provider).is_some_and(|m| m.contains_key(model)) {
+            let counters = self.new_counters(provider, model);
+            models.entry(provider.to_string()).or_default().insert(model.to_string(), counters);
+        }
+        match models.get_mut(provider).and_then(|m| m.get_mut(model)) {
+            Some(counters) => f(counters),
+            None => unreachable!("the entry was inserted above"),
+        }
+    }
+
+    fn new_counters(&self, provider: &str, model: &str) -> ModelCounters {
+        let labels = Self::labels(provider, model);
+        let tokens = |direction: &str| {
+            let labels = TokenLabels {
+                provider: provider.to_string(),
+                model: model.to_string(),
+                direction: direction.to_string(),
+            };
+            self.metrics.tokens.get_or_create(&labels).clone()
+        };
+        ModelCounters {
+            requests: 0,
+            errors: BTreeMap::new(),
+            ttft: Buckets::default(),
+            latency: Buckets::default(),
+            tokens_in: 0,
+            tokens_out: 0,
+            metrics: ModelMetrics {
+                requests: self.metrics.requests.get_or_create(&labels).clone(),
+                ttft: self.metrics.ttft.get_or_create(&labels).clone(),
+                latency: self.metrics.latency.get_or_create(&labels).clone(),
+                tokens_in: tokens("input"),
+                tokens_out: tokens("output"),
+            },
+        }
     }
 
     fn labels(provider: &str, model: &str) -> ModelLabels {
@@ -188,8 +235,10 @@ impl ProviderStats {
     }
 
     pub(crate) fn request(&self, provider: &str, model: &str) {
-        self.with(provider, model, |c| c.requests += 1);
-        self.metrics.requests.get_or_create(&Self::labels(provider, model)).inc();
+        self.with(provider, model, |c| {
+            c.requests += 1;
+            c.metrics.requests.inc();
+        });
     }
 
     pub(crate) fn error(&self, provider: &str, model: &str, kind: ErrorKind) {
@@ -203,11 +252,10 @@ impl ProviderStats {
     }
 
     pub(crate) fn first_token(&self, provider: &str, model: &str, elapsed: Duration) {
-        self.with(provider, model, |c| c.ttft.observe(elapsed));
-        self.metrics
-            .ttft
-            .get_or_create(&Self::labels(provider, model))
-            .observe(elapsed.as_secs_f64());
+        self.with(provider, model, |c| {
+            c.ttft.observe(elapsed);
+            c.metrics.ttft.observe(elapsed.as_secs_f64());
+        });
     }
 
     pub(crate) fn finished(&self, provider: &str, model: &str, elapsed: Duration, usage: Usage) {
@@ -216,19 +264,10 @@ impl ProviderStats {
             c.latency.observe(elapsed);
             c.tokens_in += input;
             c.tokens_out += usage.output;
+            c.metrics.latency.observe(elapsed.as_secs_f64());
+            c.metrics.tokens_in.inc_by(input);
+            c.metrics.tokens_out.inc_by(usage.output);
         });
-        self.metrics
-            .latency
-            .get_or_create(&Self::labels(provider, model))
-            .observe(elapsed.as_secs_f64());
-        for (direction, n) in [("input", input), ("output", usage.output)] {
-            let labels = TokenLabels {
-                provider: provider.to_string(),
-                model: model.to_string(),
-                direction: direction.to_string(),
-            };
-            self.metrics.tokens.get_or_create(&labels).inc_by(n);
-        }
     }
 
     /// Every provider/model pair seen so far, sorted.
@@ -236,7 +275,10 @@ impl ProviderStats {
         let models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         models
             .iter()
-            .map(|((provider, model), c)| ModelStatsSnapshot {
+            .flat_map(|(provider, models)| {
+                models.iter().map(move |(model, c)| (provider, model, c))
+            })
+            .map(|(provider, model, c)| ModelStatsSnapshot {
                 provider: provider.clone(),
                 model: model.clone(),
                 requests: c.requests,
