@@ -23,7 +23,7 @@ use beamclaw_crdt::{
 };
 use beamclaw_mesh::core::turn::{RunRef, TurnEvent};
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -273,6 +273,7 @@ impl TurnRunner {
             node: self.node.clone(),
             run_id: turn.run_id.clone(),
         };
+        let run = turn.run_ref();
         for round in 0..TOOL_ITERATIONS_MAX {
             if round > 0 {
                 self.absorb_steering(steer, state);
@@ -280,14 +281,16 @@ impl TurnRunner {
             if let Err(stale) = self.ports.epochs.check(&turn.session, turn.epoch) {
                 return Ending::Stale(stale);
             }
+            // The request borrows the context: the provider serializes it straight into the
+            // request body, and the borrow ends once the stream has opened.
             let request = ProviderRequest {
-                model: String::new(),
-                system: system.clone(),
-                messages: state.context.clone(),
-                tools: tools.clone(),
+                model: "",
+                system: &system,
+                messages: &state.context,
+                tools: &tools,
                 max_tokens: MAX_TOKENS_DEFAULT,
                 thinking: agent.thinking,
-                context: context.clone(),
+                context: &context,
             };
             let mut stream = match self.router.open(&agent.model, request, cancel).await {
                 Ok(stream) => stream,
@@ -307,7 +310,7 @@ impl TurnRunner {
                     Ok(event) => event,
                     Err(e) => return Ending::Provider(e),
                 };
-                if let Err(ending) = self.on_event(turn, state, event).await {
+                if let Err(ending) = self.on_event(turn, &run, state, event).await {
                     return ending;
                 }
             }
@@ -325,14 +328,14 @@ impl TurnRunner {
     async fn on_event(
         &self,
         turn: &StartTurn,
+        run: &RunRef,
         state: &mut TurnState,
         event: ProviderEvent,
     ) -> Result<(), Ending> {
-        let run = turn.run_ref();
         match event {
             ProviderEvent::TextDelta(text) => {
                 state.text.push_str(&text);
-                self.emit_all(&run, &state.absorbed, TurnEvent::AssistantDelta { text });
+                self.emit_all(run, &state.absorbed, TurnEvent::AssistantDelta { text });
                 let grown = state.text.len() - state.checkpoint_bytes;
                 let due = grown >= CHECKPOINT_BYTES
                     || (grown > 0
@@ -354,7 +357,7 @@ impl TurnRunner {
             }
             ProviderEvent::ThinkingDelta(text) => {
                 state.thinking.push_str(&text);
-                self.emit_all(&run, &state.absorbed, TurnEvent::ThinkingDelta { text });
+                self.emit_all(run, &state.absorbed, TurnEvent::ThinkingDelta { text });
             }
             ProviderEvent::ThinkingSignature(s) => state.signature.push_str(&s),
             ProviderEvent::ToolCallStart { index, id, name } => {
@@ -696,40 +699,52 @@ impl TurnRunner {
 /// moved to just before the first message of the run that answered it (`reply_to`, `run_id`);
 /// unanswered user messages that arrived after this turn's own belong to turns still queued and
 /// are left out; this turn's own messages and a checkpoint of its own reply are taken out.
+///
+/// Runs once per turn over the whole history, so it decides the order on indices and borrowed
+/// ids, then moves each message once (no copy of the transcript).
 fn conversation(history: Vec<Message>, own: &[Message], final_id: &str) -> Vec<Message> {
-    let own_ids: HashSet<&str> = own.iter().map(|m| m.id.as_str()).collect();
-    let first_own = history.iter().position(|m| own_ids.contains(m.id.as_str()));
-    let mut answered_by: HashMap<String, String> = HashMap::new();
+    // A turn's own messages are few (one, or the requests a `collect` merged).
+    let is_own = |m: &Message| own.iter().any(|o| o.id == m.id);
+    let first_own = history.iter().position(is_own);
+    let mut answered_by: HashMap<&str, &str> = HashMap::new();
     for m in &history {
         if let Some(run) = &m.run_id {
             for id in &m.reply_to {
-                answered_by.insert(id.clone(), run.clone());
+                answered_by.insert(id, run);
             }
         }
     }
-    let mut deferred: Vec<(String, Message)> = Vec::new();
-    let mut out = Vec::with_capacity(history.len());
-    for (i, m) in history.into_iter().enumerate() {
-        if own_ids.contains(m.id.as_str()) || (m.partial && m.id == final_id) {
+    // (index of a user message, the run that answered it), waiting for that run's first message.
+    let mut deferred: Vec<(usize, &str)> = Vec::new();
+    let mut order: Vec<usize> = Vec::with_capacity(history.len());
+    for (i, m) in history.iter().enumerate() {
+        if is_own(m) || (m.partial && m.id == final_id) {
             continue;
         }
         if m.role == Role::User {
-            match answered_by.get(&m.id) {
-                Some(run) => deferred.push((run.clone(), m)),
+            match answered_by.get(m.id.as_str()) {
+                Some(run) => deferred.push((i, run)),
                 None if first_own.is_some_and(|first| i > first) => {}
-                None => out.push(m),
+                None => order.push(i),
             }
             continue;
         }
-        if let Some(run) = &m.run_id {
-            let (mine, rest): (Vec<_>, Vec<_>) = deferred.into_iter().partition(|(r, _)| r == run);
-            deferred = rest;
-            out.extend(mine.into_iter().map(|(_, m)| m));
+        if let Some(run) = m.run_id.as_deref() {
+            deferred.retain(|(user, answered)| {
+                let mine = *answered == run;
+                if mine {
+                    order.push(*user);
+                }
+                !mine
+            });
         }
-        out.push(m);
+        order.push(i);
     }
-    out.extend(deferred.into_iter().map(|(_, m)| m));
-    out
+    order.extend(deferred.iter().map(|(user, _)| *user));
+    drop(answered_by);
+    drop(deferred);
+    let mut slots: Vec<Option<Message>> = history.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// A refused write because the epoch moved on is a stale-epoch ending, not a store failure.

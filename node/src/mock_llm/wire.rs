@@ -2,6 +2,8 @@
 //! Completions wire format, streaming (SSE events) or not (one JSON body).
 
 use super::script::{CHUNK_CHARS_DEFAULT, ScriptError, ScriptResponse};
+use serde::Serialize;
+use serde::ser::SerializeMap;
 use serde_json::{Value, json};
 
 /// Which API a request came in on.
@@ -93,97 +95,185 @@ impl Reply {
     }
 }
 
-/// Splits `text` into pieces of `size` characters.
-pub fn chunks(text: &str, size: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    chars.chunks(size.max(1)).map(|c| c.iter().collect()).collect()
+/// Splits `text` into pieces of `size` characters (borrowed, no copy).
+pub fn chunks(text: &str, size: usize) -> impl Iterator<Item = &str> {
+    let size = size.max(1);
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.char_indices().nth(size).map(|(at, _)| at).unwrap_or(rest.len());
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
 }
 
-fn sse(event: Option<&str>, data: &Value) -> String {
+fn sse(event: Option<&str>, data: &impl Serialize) -> String {
+    let json = serde_json::to_string(data).unwrap_or_else(|e| {
+        // Not reachable with these event types (string keys only); say so on the wire if it is.
+        format!(
+            r#"{{"type":"error","error":{{"type":"api_error","message":{:?}}}}}"#,
+            e.to_string()
+        )
+    });
     match event {
-        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
-        None => format!("data: {data}\n\n"),
+        Some(name) => format!("event: {name}\ndata: {json}\n\n"),
+        None => format!("data: {json}\n\n"),
     }
+}
+
+/// The Anthropic stream events, in the API's field order (`type` first).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum AnthropicEvent<'a> {
+    MessageStart { message: MessageStart<'a> },
+    Ping,
+    ContentBlockStart { index: u32, content_block: StartBlock<'a> },
+    ContentBlockDelta { index: u32, delta: Delta<'a> },
+    ContentBlockStop { index: u32 },
+    MessageDelta { delta: StopDelta, usage: OutputUsage },
+    MessageStop,
+}
+
+impl AnthropicEvent<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            AnthropicEvent::MessageStart { .. } => "message_start",
+            AnthropicEvent::Ping => "ping",
+            AnthropicEvent::ContentBlockStart { .. } => "content_block_start",
+            AnthropicEvent::ContentBlockDelta { .. } => "content_block_delta",
+            AnthropicEvent::ContentBlockStop { .. } => "content_block_stop",
+            AnthropicEvent::MessageDelta { .. } => "message_delta",
+            AnthropicEvent::MessageStop => "message_stop",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MessageStart<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: [(); 0],
+    stop_reason: Option<()>,
+    stop_sequence: Option<()>,
+    usage: StartUsage,
+}
+
+#[derive(Serialize)]
+struct StartUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StartBlock<'a> {
+    Thinking { thinking: &'static str, signature: &'static str },
+    Text { text: &'static str },
+    ToolUse { id: &'a str, name: &'a str, input: EmptyObject },
+}
+
+/// `{}`.
+struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_map(Some(0))?.end()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum Delta<'a> {
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct StopDelta {
+    stop_reason: String,
+    stop_sequence: Option<()>,
+}
+
+#[derive(Serialize)]
+struct OutputUsage {
+    output_tokens: u64,
 }
 
 /// The streamed events of an Anthropic Messages response.
 pub fn anthropic_frames(reply: &Reply) -> Vec<Frame> {
     let mut frames = Vec::new();
-    let mut push = |name: &str, data: Value, content: bool| {
-        frames.push(Frame { bytes: sse(Some(name), &data), content });
+    let mut push = |event: AnthropicEvent<'_>, content: bool| {
+        frames.push(Frame { bytes: sse(Some(event.name()), &event), content });
     };
     push(
-        "message_start",
-        json!({"type": "message_start", "message": {
-            "id": reply.id, "type": "message", "role": "assistant", "model": reply.model,
-            "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
-        }}),
+        AnthropicEvent::MessageStart {
+            message: MessageStart {
+                id: &reply.id,
+                kind: "message",
+                role: "assistant",
+                model: &reply.model,
+                content: [],
+                stop_reason: None,
+                stop_sequence: None,
+                usage: StartUsage { input_tokens: reply.input_tokens, output_tokens: 1 },
+            },
+        },
         false,
     );
-    push("ping", json!({"type": "ping"}), false);
+    push(AnthropicEvent::Ping, false);
     let mut index = 0;
     if !reply.thinking.is_empty() {
-        push(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
-            false,
-        );
-        for piece in chunks(&reply.thinking, reply.chunk_chars) {
-            push(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": piece}}),
-                true,
-            );
+        let content_block = StartBlock::Thinking { thinking: "", signature: "" };
+        push(AnthropicEvent::ContentBlockStart { index, content_block }, false);
+        for thinking in chunks(&reply.thinking, reply.chunk_chars) {
+            let delta = Delta::Thinking { thinking };
+            push(AnthropicEvent::ContentBlockDelta { index, delta }, true);
         }
         let signature = format!("sig_{}", reply.id);
-        push(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": signature}}),
-            false,
-        );
-        push("content_block_stop", json!({"type": "content_block_stop", "index": index}), false);
+        let delta = Delta::Signature { signature: &signature };
+        push(AnthropicEvent::ContentBlockDelta { index, delta }, false);
+        push(AnthropicEvent::ContentBlockStop { index }, false);
         index += 1;
     }
     if !reply.text.is_empty() || reply.tool_calls.is_empty() {
-        push(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
-            false,
-        );
-        for piece in chunks(&reply.text, reply.chunk_chars) {
-            push(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}),
-                true,
-            );
+        let content_block = StartBlock::Text { text: "" };
+        push(AnthropicEvent::ContentBlockStart { index, content_block }, false);
+        for text in chunks(&reply.text, reply.chunk_chars) {
+            push(AnthropicEvent::ContentBlockDelta { index, delta: Delta::Text { text } }, true);
         }
-        push("content_block_stop", json!({"type": "content_block_stop", "index": index}), false);
+        push(AnthropicEvent::ContentBlockStop { index }, false);
         index += 1;
     }
     for (id, name, args) in &reply.tool_calls {
-        push(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
-            false,
-        );
-        for piece in chunks(args, reply.chunk_chars) {
-            push(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": piece}}),
-                true,
-            );
+        let content_block = StartBlock::ToolUse { id, name, input: EmptyObject };
+        push(AnthropicEvent::ContentBlockStart { index, content_block }, false);
+        for partial_json in chunks(args, reply.chunk_chars) {
+            let delta = Delta::InputJson { partial_json };
+            push(AnthropicEvent::ContentBlockDelta { index, delta }, true);
         }
-        push("content_block_stop", json!({"type": "content_block_stop", "index": index}), false);
+        push(AnthropicEvent::ContentBlockStop { index }, false);
         index += 1;
     }
     push(
-        "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": reply.anthropic_stop(), "stop_sequence": null},
-               "usage": {"output_tokens": reply.output_tokens}}),
+        AnthropicEvent::MessageDelta {
+            delta: StopDelta { stop_reason: reply.anthropic_stop(), stop_sequence: None },
+            usage: OutputUsage { output_tokens: reply.output_tokens },
+        },
         false,
     );
-    push("message_stop", json!({"type": "message_stop"}), false);
+    push(AnthropicEvent::MessageStop, false);
     frames
 }
 
@@ -370,14 +460,14 @@ mod tests {
             Api::Anthropic => {
                 let mut d = anthropic::Decoder::new("mock");
                 for e in &events {
-                    d.on_event(e, &mut out).unwrap();
+                    d.on_event(e.as_ref(), &mut out).unwrap();
                 }
                 assert!(d.finished());
             }
             Api::OpenAi => {
                 let mut d = openai::Decoder::new("mock");
                 for e in &events {
-                    d.on_event(e, &mut out).unwrap();
+                    d.on_event(e.as_ref(), &mut out).unwrap();
                 }
                 assert!(d.finished());
             }
@@ -415,7 +505,7 @@ mod tests {
 
     #[test]
     fn chunks_split_by_characters() {
-        assert_eq!(chunks("héllo", 2), vec!["hé", "ll", "o"]);
-        assert!(chunks("", 3).is_empty());
+        assert_eq!(chunks("héllo", 2).collect::<Vec<_>>(), vec!["hé", "ll", "o"]);
+        assert_eq!(chunks("", 3).count(), 0);
     }
 }

@@ -1,14 +1,17 @@
 //! The Anthropic Messages API wire format: the request body and the SSE stream decoder.
 //!
-//! Sans-IO: `request_body` turns a [`ProviderRequest`] into JSON; [`Decoder`] turns SSE events
+//! Sans-IO: `request_body` turns a [`ProviderRequest`] into JSON bytes; [`Decoder`] turns SSE events
 //! (message_start, content_block_start/delta/stop, message_delta, message_stop, ping, error) into
 //! [`ProviderEvent`]s. `http` does the I/O.
 
-use super::sse::SseEvent;
-use super::{ErrorKind, ProviderError, ProviderEvent, ProviderRequest};
+use super::sse::SseEventRef;
+use super::{ErrorKind, ProviderError, ProviderEvent, ProviderRequest, ToolDefinition};
 use crate::config::ThinkingLevel;
 use beamclaw_crdt::{ContentPart, Message, Role, StopReason, Usage};
-use serde_json::{Value, json};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The `anthropic-version` header value.
@@ -26,119 +29,210 @@ pub fn thinking_budget_tokens(level: ThinkingLevel) -> Option<u32> {
     }
 }
 
-/// The JSON body of a streaming `POST /v1/messages`.
-pub fn request_body(request: &ProviderRequest) -> Value {
-    let mut system = request.system.clone();
-    let mut messages: Vec<Value> = Vec::new();
-    for message in &request.messages {
-        let (role, blocks) = match message.role {
-            Role::System => {
-                let text = message.text_content();
-                if !text.is_empty() {
-                    if !system.is_empty() {
-                        system.push_str("\n\n");
-                    }
-                    system.push_str(&text);
-                }
-                continue;
+/// The JSON body of a streaming `POST /v1/messages`, serialized straight from the borrowed
+/// request: no copy of the history and no `serde_json::Value` in between.
+pub fn request_body(request: &ProviderRequest<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    let mut system = Cow::Borrowed(request.system);
+    for message in request.messages.iter().filter(|m| m.role == Role::System) {
+        let text = message.text_content();
+        if !text.is_empty() {
+            let system = system.to_mut();
+            if !system.is_empty() {
+                system.push_str("\n\n");
             }
-            Role::User | Role::ToolResult => ("user", user_blocks(message)),
-            Role::Assistant => ("assistant", assistant_blocks(message)),
-        };
-        if blocks.is_empty() {
-            continue;
-        }
-        // Consecutive messages of one role become one message (tool results after a tool call
-        // must all be in the next user message).
-        match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(content) = last["content"].as_array_mut() {
-                    content.extend(blocks);
-                }
-            }
-            _ => messages.push(json!({ "role": role, "content": blocks })),
+            system.push_str(&text);
         }
     }
     let mut max_tokens = request.max_tokens;
-    let mut body = json!({
-        "model": request.model,
-        "messages": messages,
-        "stream": true,
-    });
-    if !system.is_empty() {
-        body["system"] = json!(system);
-    }
-    if !request.tools.is_empty() {
-        body["tools"] = Value::Array(
-            request
-                .tools
-                .iter()
-                .map(|t| {
-                    json!({"name": t.name, "description": t.description, "input_schema": t.parameters})
-                })
-                .collect(),
-        );
-    }
-    if let Some(budget) = thinking_budget_tokens(request.thinking) {
+    let thinking = thinking_budget_tokens(request.thinking).map(|budget_tokens| {
         // The budget counts towards max_tokens, which must exceed it.
-        max_tokens = max_tokens.max(budget.saturating_add(1024));
-        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+        max_tokens = max_tokens.max(budget_tokens.saturating_add(1024));
+        WireThinking { kind: "enabled", budget_tokens }
+    });
+    let body = WireRequest {
+        model: request.model,
+        messages: WireMessages(request.messages),
+        stream: true,
+        system: (!system.is_empty()).then_some(system),
+        tools: WireTools(request.tools),
+        thinking,
+        max_tokens,
+    };
+    serde_json::to_vec(&body)
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: WireMessages<'a>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "WireTools::is_empty")]
+    tools: WireTools<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<WireThinking>,
+    max_tokens: u32,
+}
+
+#[derive(Serialize)]
+struct WireThinking {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    budget_tokens: u32,
+}
+
+struct WireTools<'a>(&'a [ToolDefinition]);
+
+impl WireTools<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
-    body["max_tokens"] = json!(max_tokens);
-    body
 }
 
-fn user_blocks(message: &Message) -> Vec<Value> {
-    message
-        .content
-        .iter()
-        .filter_map(|part| match part {
-            ContentPart::Text { text } if !text.is_empty() => {
-                Some(json!({"type": "text", "text": text}))
-            }
-            ContentPart::ToolResult { tool_call_id, content, is_error, .. } => Some(json!({
-                "type": "tool_result",
-                "tool_use_id": tool_call_id,
-                "content": content,
-                "is_error": is_error,
-            })),
-            ContentPart::Image { mime_type, reference } => Some(image_block(mime_type, reference)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn image_block(mime_type: &str, reference: &str) -> Value {
-    match reference.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
-        Some((_, data)) => json!({
-            "type": "image",
-            "source": {"type": "base64", "media_type": mime_type, "data": data},
-        }),
-        None if reference.starts_with("https://") || reference.starts_with("http://") => {
-            json!({"type": "image", "source": {"type": "url", "url": reference}})
+impl Serialize for WireTools<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Tool<'a> {
+            name: &'a str,
+            description: &'a str,
+            input_schema: &'a Value,
         }
-        None => json!({"type": "text", "text": format!("[image {mime_type}: {reference}]")}),
+        serializer.collect_seq(self.0.iter().map(|t| Tool {
+            name: &t.name,
+            description: &t.description,
+            input_schema: &t.parameters,
+        }))
     }
 }
 
-fn assistant_blocks(message: &Message) -> Vec<Value> {
-    message
-        .content
-        .iter()
-        .filter_map(|part| match part {
-            ContentPart::Text { text } if !text.is_empty() => {
-                Some(json!({"type": "text", "text": text}))
+/// The transcript as API messages. Consecutive messages of one role become one message (tool
+/// results after a tool call must all be in the next user message); system messages went into
+/// `system` and messages with nothing to send are left out, without splitting a run.
+struct WireMessages<'a>(&'a [Message]);
+
+/// The API role a message is sent under, or `None` when it is not sent as a message.
+fn wire_role(message: &Message) -> Option<&'static str> {
+    match message.role {
+        Role::System => None,
+        Role::User | Role::ToolResult => {
+            message.content.iter().any(|p| user_block(p).is_some()).then_some("user")
+        }
+        Role::Assistant => {
+            message.content.iter().any(|p| assistant_block(p).is_some()).then_some("assistant")
+        }
+    }
+}
+
+impl Serialize for WireMessages<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let messages = self.0;
+        let mut seq = serializer.serialize_seq(None)?;
+        let mut start = 0;
+        while start < messages.len() {
+            let Some(role) = wire_role(&messages[start]) else {
+                start += 1;
+                continue;
+            };
+            let mut end = start + 1;
+            while end < messages.len() {
+                match wire_role(&messages[end]) {
+                    Some(r) if r != role => break,
+                    _ => end += 1,
+                }
             }
-            // A thinking block is only accepted back with its signature.
-            ContentPart::Thinking { thinking, signature: Some(signature) } => {
-                Some(json!({"type": "thinking", "thinking": thinking, "signature": signature}))
+            seq.serialize_element(&WireMessage { role, messages: &messages[start..end] })?;
+            start = end;
+        }
+        seq.end()
+    }
+}
+
+/// One API message: the blocks of a run of transcript messages of one role.
+struct WireMessage<'a> {
+    role: &'static str,
+    messages: &'a [Message],
+}
+
+impl Serialize for WireMessage<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Blocks<'a>(&'a WireMessage<'a>);
+        impl Serialize for Blocks<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let role = self.0.role;
+                let parts =
+                    self.0.messages.iter().filter(|m| wire_role(m) == Some(role)).flat_map(|m| {
+                        m.content.iter().filter_map(move |p| match m.role {
+                            Role::Assistant => assistant_block(p),
+                            _ => user_block(p),
+                        })
+                    });
+                serializer.collect_seq(parts)
             }
-            ContentPart::ToolCall { id, name, arguments } => Some(json!({
-                "type": "tool_use", "id": id, "name": name, "input": arguments,
-            })),
-            _ => None,
-        })
-        .collect()
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("role", self.role)?;
+        map.serialize_entry("content", &Blocks(self))?;
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlock<'a> {
+    Text { text: Cow<'a, str> },
+    Image { source: WireImageSource<'a> },
+    ToolResult { tool_use_id: &'a str, content: &'a str, is_error: bool },
+    Thinking { thinking: &'a str, signature: &'a str },
+    ToolUse { id: &'a str, name: &'a str, input: &'a Value },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireImageSource<'a> {
+    Base64 { media_type: &'a str, data: &'a str },
+    Url { url: &'a str },
+}
+
+fn user_block(part: &ContentPart) -> Option<WireBlock<'_>> {
+    match part {
+        ContentPart::Text { text } if !text.is_empty() => {
+            Some(WireBlock::Text { text: Cow::Borrowed(text) })
+        }
+        ContentPart::ToolResult { tool_call_id, content, is_error, .. } => {
+            Some(WireBlock::ToolResult { tool_use_id: tool_call_id, content, is_error: *is_error })
+        }
+        ContentPart::Image { mime_type, reference } => Some(image_block(mime_type, reference)),
+        _ => None,
+    }
+}
+
+fn image_block<'a>(mime_type: &'a str, reference: &'a str) -> WireBlock<'a> {
+    match reference.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
+        Some((_, data)) => {
+            WireBlock::Image { source: WireImageSource::Base64 { media_type: mime_type, data } }
+        }
+        None if reference.starts_with("https://") || reference.starts_with("http://") => {
+            WireBlock::Image { source: WireImageSource::Url { url: reference } }
+        }
+        None => WireBlock::Text { text: Cow::Owned(format!("[image {mime_type}: {reference}]")) },
+    }
+}
+
+fn assistant_block(part: &ContentPart) -> Option<WireBlock<'_>> {
+    match part {
+        ContentPart::Text { text } if !text.is_empty() => {
+            Some(WireBlock::Text { text: Cow::Borrowed(text) })
+        }
+        // A thinking block is only accepted back with its signature.
+        ContentPart::Thinking { thinking, signature: Some(signature) } => {
+            Some(WireBlock::Thinking { thinking, signature })
+        }
+        ContentPart::ToolCall { id, name, arguments } => {
+            Some(WireBlock::ToolUse { id, name, input: arguments })
+        }
+        _ => None,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -182,41 +276,48 @@ impl Decoder {
 
     pub fn on_event(
         &mut self,
-        event: &SseEvent,
+        event: SseEventRef<'_>,
         out: &mut Vec<ProviderEvent>,
     ) -> Result<(), ProviderError> {
-        let value: Value = serde_json::from_str(&event.data)
-            .map_err(|e| self.malformed(&format!("event data is not JSON ({e})"), &event.data))?;
-        let kind = value["type"].as_str().or(event.event.as_deref()).unwrap_or_default();
+        let value: WireEvent<'_> = serde_json::from_str(event.data).map_err(|e| {
+            let what = if e.is_data() {
+                "event data has an unexpected shape"
+            } else {
+                "event data is not JSON"
+            };
+            self.malformed(&format!("{what} ({e})"), event.data)
+        })?;
+        let kind = value.kind.as_ref().map(|k| k.as_str()).or(event.event).unwrap_or_default();
         match kind {
             "message_start" => {
-                self.read_usage(&value["message"]["usage"]);
+                if let Some(usage) = value.message.and_then(|m| m.usage) {
+                    self.read_usage(&usage);
+                }
                 out.push(ProviderEvent::Usage(self.usage));
             }
             "content_block_start" => {
-                let index = self.index(&value, &event.data)?;
-                let block = &value["content_block"];
-                let kind = match block["type"].as_str() {
+                let index = self.index(value.index, event.data)?;
+                let block = value.content_block.unwrap_or_default();
+                let kind = match block.kind.as_ref().map(|k| k.as_str()) {
                     Some("text") => {
-                        if let Some(text) = block["text"].as_str().filter(|t| !t.is_empty()) {
-                            out.push(ProviderEvent::TextDelta(text.to_string()));
+                        if let Some(text) = block.text.filter(|t| !t.is_empty()) {
+                            out.push(ProviderEvent::TextDelta(text.into_string()));
                         }
                         Block::Text
                     }
                     Some("thinking") => Block::Thinking,
                     Some("tool_use") => {
-                        let (Some(id), Some(name)) = (block["id"].as_str(), block["name"].as_str())
-                        else {
+                        let (Some(id), Some(name)) = (block.id, block.name) else {
                             return Err(
-                                self.malformed("tool_use block without id or name", &event.data)
+                                self.malformed("tool_use block without id or name", event.data)
                             );
                         };
                         let tool_index = self.tool_calls;
                         self.tool_calls += 1;
                         out.push(ProviderEvent::ToolCallStart {
                             index: tool_index,
-                            id: id.to_string(),
-                            name: name.to_string(),
+                            id: id.into_string(),
+                            name: name.into_string(),
                         });
                         Block::ToolUse { index: tool_index }
                     }
@@ -225,34 +326,36 @@ impl Decoder {
                 self.blocks.insert(index, kind);
             }
             "content_block_delta" => {
-                let index = self.index(&value, &event.data)?;
+                let index = self.index(value.index, event.data)?;
                 let block = self.blocks.get(&index).copied();
-                let delta = &value["delta"];
-                let text = |field: &str| delta[field].as_str().map(str::to_string);
-                match (delta["type"].as_str(), block) {
+                let delta = value.delta.unwrap_or_default();
+                match (delta.kind.as_ref().map(|k| k.as_str()), block) {
                     (Some("text_delta"), Some(Block::Text)) => {
-                        if let Some(t) = text("text") {
-                            out.push(ProviderEvent::TextDelta(t));
+                        if let Some(t) = delta.text {
+                            out.push(ProviderEvent::TextDelta(t.into_string()));
                         }
                     }
                     (Some("thinking_delta"), Some(Block::Thinking)) => {
-                        if let Some(t) = text("thinking") {
-                            out.push(ProviderEvent::ThinkingDelta(t));
+                        if let Some(t) = delta.thinking {
+                            out.push(ProviderEvent::ThinkingDelta(t.into_string()));
                         }
                     }
                     (Some("signature_delta"), Some(Block::Thinking)) => {
-                        if let Some(s) = text("signature") {
-                            out.push(ProviderEvent::ThinkingSignature(s));
+                        if let Some(s) = delta.signature {
+                            out.push(ProviderEvent::ThinkingSignature(s.into_string()));
                         }
                     }
                     (Some("input_json_delta"), Some(Block::ToolUse { index })) => {
-                        if let Some(json) = text("partial_json") {
-                            out.push(ProviderEvent::ToolCallArgsDelta { index, json });
+                        if let Some(json) = delta.partial_json {
+                            out.push(ProviderEvent::ToolCallArgsDelta {
+                                index,
+                                json: json.into_string(),
+                            });
                         }
                     }
                     (_, None) => {
                         return Err(
-                            self.malformed("delta for a block that was not started", &event.data)
+                            self.malformed("delta for a block that was not started", event.data)
                         );
                     }
                     // Deltas of kinds we do not use (citations, redacted thinking...).
@@ -260,24 +363,29 @@ impl Decoder {
                 }
             }
             "content_block_stop" => {
-                let index = self.index(&value, &event.data)?;
+                let index = self.index(value.index, event.data)?;
                 if let Some(Block::ToolUse { index }) = self.blocks.get(&index).copied() {
                     out.push(ProviderEvent::ToolCallEnd { index });
                 }
             }
             "message_delta" => {
-                self.read_usage(&value["usage"]);
+                if let Some(usage) = &value.usage {
+                    self.read_usage(usage);
+                }
                 out.push(ProviderEvent::Usage(self.usage));
-                if let Some(reason) = value["delta"]["stop_reason"].as_str() {
-                    out.push(ProviderEvent::Stop(stop_reason(reason)));
+                if let Some(reason) = value.delta.and_then(|d| d.stop_reason) {
+                    out.push(ProviderEvent::Stop(stop_reason(reason.as_str())));
                 }
             }
             "message_stop" => self.finished = true,
             "ping" => {}
             "error" => {
-                let error = &value["error"];
-                let message = error["message"].as_str().unwrap_or("unknown error").to_string();
-                let kind = match error["type"].as_str() {
+                let error = value.error.unwrap_or_default();
+                let message = error
+                    .message
+                    .map(WireStr::into_string)
+                    .unwrap_or_else(|| "unknown error".into());
+                let kind = match error.kind.as_ref().map(|k| k.as_str()) {
                     Some("overloaded_error") => ErrorKind::Overloaded,
                     Some("rate_limit_error") => ErrorKind::RateLimit,
                     Some("api_error") => ErrorKind::Server,
@@ -290,30 +398,144 @@ impl Decoder {
                 return Err(ProviderError::new(&self.provider, kind, message));
             }
             other => {
-                return Err(self.malformed(&format!("unknown event type {other:?}"), &event.data));
+                return Err(self.malformed(&format!("unknown event type {other:?}"), event.data));
             }
         }
         Ok(())
     }
 
-    fn index(&self, value: &Value, data: &str) -> Result<u64, ProviderError> {
-        value["index"].as_u64().ok_or_else(|| self.malformed("event without an index", data))
+    fn index(&self, index: Option<u64>, data: &str) -> Result<u64, ProviderError> {
+        index.ok_or_else(|| self.malformed("event without an index", data))
     }
 
-    fn read_usage(&mut self, usage: &Value) {
-        let get = |field: &str| usage[field].as_u64();
-        if let Some(n) = get("input_tokens") {
+    fn read_usage(&mut self, usage: &WireUsage) {
+        if let Some(n) = usage.input_tokens {
             self.usage.input = n;
         }
-        if let Some(n) = get("output_tokens") {
+        if let Some(n) = usage.output_tokens {
             self.usage.output = n;
         }
-        if let Some(n) = get("cache_read_input_tokens") {
+        if let Some(n) = usage.cache_read_input_tokens {
             self.usage.cache_read = n;
         }
-        if let Some(n) = get("cache_creation_input_tokens") {
+        if let Some(n) = usage.cache_creation_input_tokens {
             self.usage.cache_write = n;
         }
+    }
+}
+
+/// One streamed event, read in place: strings borrow from the event's data unless they contain
+/// escapes. Fields the decoder does not use are skipped.
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<WireStr<'a>>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    content_block: Option<WireStartBlock<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<WireDelta<'a>>,
+    #[serde(default)]
+    message: Option<WireMessageStart>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(borrow, default)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireStartBlock<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    text: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    id: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    name: Option<WireStr<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireDelta<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    text: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    thinking: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    signature: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    partial_json: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<WireStr<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireMessageStart {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireError<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<WireStr<'a>>,
+    #[serde(borrow, default)]
+    message: Option<WireStr<'a>>,
+}
+
+/// A JSON string borrowed from the input when it has no escapes, else decoded into an owned one.
+/// (`Cow<str>` alone always allocates when it sits inside an `Option`.)
+#[derive(Debug, PartialEq)]
+pub(crate) struct WireStr<'a>(Cow<'a, str>);
+
+impl WireStr<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = WireStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(WireStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WireStr(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(WireStr(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -335,14 +557,14 @@ pub fn error_message(body: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::{RequestContext, ToolDefinition};
+    use crate::provider::RequestContext;
+    use serde_json::json;
 
     fn decode(events: &[(&str, &str)]) -> Result<Vec<ProviderEvent>, ProviderError> {
         let mut decoder = Decoder::new("anthropic");
         let mut out = Vec::new();
         for (name, data) in events {
-            let event = SseEvent { event: Some(name.to_string()), data: data.to_string() };
-            decoder.on_event(&event, &mut out)?;
+            decoder.on_event(SseEventRef { event: Some(name), data }, &mut out)?;
         }
         assert_eq!(decoder.finished(), events.iter().any(|e| e.0 == "message_stop"));
         Ok(out)
@@ -426,25 +648,23 @@ mod tests {
             }],
             ..Message::text(id, Role::ToolResult, "", 2)
         };
+        let messages =
+            vec![Message::user_text("u1", "hi", 0), call, result("toolu_1"), result("toolu_2")];
+        let tools = vec![ToolDefinition {
+            name: "read".into(),
+            description: "reads".into(),
+            parameters: json!({"type": "object"}),
+        }];
         let request = ProviderRequest {
-            model: "claude-x".into(),
-            system: "be brief".into(),
-            messages: vec![
-                Message::user_text("u1", "hi", 0),
-                call,
-                result("toolu_1"),
-                result("toolu_2"),
-            ],
-            tools: vec![ToolDefinition {
-                name: "read".into(),
-                description: "reads".into(),
-                parameters: json!({"type": "object"}),
-            }],
+            model: "claude-x",
+            system: "be brief",
+            messages: &messages,
+            tools: &tools,
             max_tokens: 100,
             thinking: ThinkingLevel::Minimal,
-            context: RequestContext::default(),
+            context: &RequestContext::default(),
         };
-        let body = request_body(&request);
+        let body: Value = serde_json::from_slice(&request_body(&request).unwrap()).unwrap();
         assert_eq!(body["system"], "be brief");
         assert_eq!(body["thinking"]["budget_tokens"], 1024);
         assert_eq!(body["max_tokens"], 2048);

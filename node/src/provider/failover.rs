@@ -100,7 +100,7 @@ impl ModelRouter {
     pub async fn open(
         &self,
         chain: &ModelChain,
-        mut request: ProviderRequest,
+        request: ProviderRequest<'_>,
         cancel: &CancellationToken,
     ) -> Result<OpenedStream, ProviderError> {
         let default_max_tokens = request.max_tokens;
@@ -118,8 +118,11 @@ impl ModelRouter {
                 ));
                 continue;
             };
-            request.model = model.model.clone();
-            request.max_tokens = self.max_tokens.get(model).copied().unwrap_or(default_max_tokens);
+            let request = ProviderRequest {
+                model: &model.model,
+                max_tokens: self.max_tokens.get(model).copied().unwrap_or(default_max_tokens),
+                ..request
+            };
             let profiles = self.profiles.profiles(&model.provider);
             let credentials: Vec<Option<&AuthProfile>> = if profiles.is_empty() {
                 if provider.needs_credential() {
@@ -153,7 +156,7 @@ impl ModelRouter {
         &self,
         provider: &dyn Provider,
         model: &ModelRef,
-        request: &ProviderRequest,
+        request: &ProviderRequest<'_>,
         credentials: &[Option<&AuthProfile>],
         cancel: &CancellationToken,
     ) -> Result<OpenedStream, Walk> {
@@ -238,7 +241,7 @@ impl ModelRouter {
         &self,
         provider: &dyn Provider,
         model: &ModelRef,
-        request: &ProviderRequest,
+        request: &ProviderRequest<'_>,
         credential: Option<&crate::config::Secret>,
         profile: Option<&str>,
         cancel: &CancellationToken,
@@ -401,7 +404,7 @@ mod tests {
         fn needs_credential(&self) -> bool {
             false
         }
-        fn stream(&self, _: &ProviderRequest, credential: Option<&Secret>) -> ProviderStream {
+        fn stream(&self, _: &ProviderRequest<'_>, credential: Option<&Secret>) -> ProviderStream {
             self.keys.lock().unwrap().push(credential.map(|k| k.expose().to_string()));
             let events = self.outcomes.lock().unwrap().pop_front().unwrap_or_default();
             Box::pin(futures::stream::iter(events))
@@ -418,15 +421,17 @@ mod tests {
         Ok(ProviderEvent::TextDelta(t.into()))
     }
 
-    fn request() -> ProviderRequest {
+    fn request() -> ProviderRequest<'static> {
+        static CONTEXT: std::sync::LazyLock<RequestContext> =
+            std::sync::LazyLock::new(RequestContext::default);
         ProviderRequest {
-            model: String::new(),
-            system: String::new(),
-            messages: Vec::new(),
-            tools: Vec::new(),
+            model: "",
+            system: "",
+            messages: &[],
+            tools: &[],
             max_tokens: 16,
             thinking: ThinkingLevel::Off,
-            context: RequestContext::default(),
+            context: &CONTEXT,
         }
     }
 

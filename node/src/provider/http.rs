@@ -1,7 +1,7 @@
 //! The HTTP side of the providers: one reqwest client (rustls with the ring provider), the
 //! streaming request, status classification, `retry-after`, and bytes -> SSE -> provider events.
 
-use super::sse::{SseEvent, SseParser};
+use super::sse::{FeedError, SseEventRef, SseParser};
 use super::{
     ErrorKind, Provider, ProviderError, ProviderEvent, ProviderRequest, ProviderStream, anthropic,
     openai,
@@ -119,10 +119,21 @@ impl Provider for HttpProvider {
         self.api == ApiKind::AnthropicMessages
     }
 
-    fn stream(&self, request: &ProviderRequest, credential: Option<&Secret>) -> ProviderStream {
+    fn stream(&self, request: &ProviderRequest<'_>, credential: Option<&Secret>) -> ProviderStream {
         let body = match self.api {
             ApiKind::AnthropicMessages => anthropic::request_body(request),
             ApiKind::OpenAiCompletions => openai::request_body(request, self.limit_field),
+        };
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                let e = ProviderError::new(
+                    &self.id,
+                    ErrorKind::BadRequest,
+                    format!("cannot serialize the request: {e}"),
+                );
+                return Box::pin(futures::stream::iter([Err(e)]));
+            }
         };
         let mut builder = self
             .client
@@ -130,7 +141,7 @@ impl Provider for HttpProvider {
             .headers(self.headers.clone())
             .header("content-type", "application/json")
             .header("accept", "text/event-stream")
-            .body(body.to_string());
+            .body(body);
         builder = match (self.api, credential) {
             (ApiKind::AnthropicMessages, Some(key)) => builder
                 .header("x-api-key", key.expose())
@@ -151,6 +162,7 @@ impl Provider for HttpProvider {
             parser: SseParser::new(),
             decoder,
             queue: VecDeque::new(),
+            events: Vec::new(),
         };
         Box::pin(futures::stream::unfold(state, StreamState::next))
     }
@@ -164,7 +176,7 @@ enum WireDecoder {
 impl WireDecoder {
     fn on_event(
         &mut self,
-        event: &SseEvent,
+        event: SseEventRef<'_>,
         out: &mut Vec<ProviderEvent>,
     ) -> Result<(), ProviderError> {
         match self {
@@ -193,6 +205,8 @@ struct StreamState {
     parser: SseParser,
     decoder: WireDecoder,
     queue: VecDeque<Result<ProviderEvent, ProviderError>>,
+    /// Scratch space for the events one SSE event decodes to.
+    events: Vec<ProviderEvent>,
 }
 
 type Item = Result<ProviderEvent, ProviderError>;
@@ -240,27 +254,24 @@ impl StreamState {
         ProviderError::new(&self.provider, kind, message)
     }
 
+    /// Parses and decodes a piece of the body into `queue`, reusing the parser's and `events`'
+    /// buffers (no allocation per SSE event beyond the text the events carry).
     fn on_bytes(&mut self, bytes: &[u8]) {
-        let mut events = Vec::new();
-        if let Err(e) = self.parser.feed(bytes, &mut events) {
-            // Events completed before the bad line still count.
-            self.decode(&events);
-            self.queue.push_back(Err(self.error(ErrorKind::Malformed, e.to_string())));
-            return;
-        }
-        self.decode(&events);
-    }
-
-    fn decode(&mut self, events: &[SseEvent]) {
-        let mut out = Vec::new();
-        for event in events {
-            if let Err(e) = self.decoder.on_event(event, &mut out) {
-                self.queue.extend(out.drain(..).map(Ok));
+        let StreamState { parser, decoder, queue, events, .. } = self;
+        let fed = parser.feed_with(bytes, |event| {
+            let decoded = decoder.on_event(event, events);
+            queue.extend(events.drain(..).map(Ok));
+            decoded
+        });
+        // Events completed before a bad line or event still count.
+        match fed {
+            Ok(()) => {}
+            Err(FeedError::Sse(e)) => {
+                let e = self.error(ErrorKind::Malformed, e.to_string());
                 self.queue.push_back(Err(e));
-                return;
             }
+            Err(FeedError::Handler(e)) => self.queue.push_back(Err(e)),
         }
-        self.queue.extend(out.into_iter().map(Ok));
     }
 
     async fn send(

@@ -54,17 +54,18 @@ pub struct RequestContext {
     pub run_id: String,
 }
 
-/// One model call.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProviderRequest {
+/// One model call. It borrows the turn's history, prompt and tools: a provider serializes them
+/// straight into its request body, so a turn never copies its transcript to call a model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProviderRequest<'a> {
     /// The model id without its provider prefix (`claude-sonnet-4-5`, not `anthropic/...`).
-    pub model: String,
-    pub system: String,
-    pub messages: Vec<Message>,
-    pub tools: Vec<ToolDefinition>,
+    pub model: &'a str,
+    pub system: &'a str,
+    pub messages: &'a [Message],
+    pub tools: &'a [ToolDefinition],
     pub max_tokens: u32,
     pub thinking: ThinkingLevel,
-    pub context: RequestContext,
+    pub context: &'a RequestContext,
 }
 
 /// What a provider stream yields, in order. Tool calls are identified by `index` within one
@@ -109,7 +110,7 @@ pub trait Provider: Send + Sync {
     /// Whether calls need a credential (an API key); providers that need none are called with
     /// `None` and skip auth-profile rotation.
     fn needs_credential(&self) -> bool;
-    fn stream(&self, request: &ProviderRequest, credential: Option<&Secret>) -> ProviderStream;
+    fn stream(&self, request: &ProviderRequest<'_>, credential: Option<&Secret>) -> ProviderStream;
 }
 
 /// Stable names for what went wrong; used in metrics labels, logs and `TurnEvent::Error`.

@@ -48,13 +48,17 @@ impl Provider for OfflineProvider {
         false
     }
 
-    fn stream(&self, request: &ProviderRequest, _credential: Option<&Secret>) -> ProviderStream {
+    fn stream(
+        &self,
+        request: &ProviderRequest<'_>,
+        _credential: Option<&Secret>,
+    ) -> ProviderStream {
         Box::pin(futures::stream::iter(reply(request).into_iter().map(Ok)))
     }
 }
 
 /// The whole reply as events (pure: the same request always gives the same events).
-pub fn reply(request: &ProviderRequest) -> Vec<ProviderEvent> {
+pub fn reply(request: &ProviderRequest<'_>) -> Vec<ProviderEvent> {
     let input_chars: usize = request.system.len()
         + request.messages.iter().map(|m| m.text_content().len()).sum::<usize>();
     let mut events = Vec::new();
@@ -119,7 +123,7 @@ pub fn reply(request: &ProviderRequest) -> Vec<ProviderEvent> {
     events
 }
 
-fn facts(request: &ProviderRequest) -> String {
+fn facts(request: &ProviderRequest<'_>) -> String {
     let c = &request.context;
     let tools: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
     format!(
@@ -127,7 +131,7 @@ fn facts(request: &ProviderRequest) -> String {
         session = or_none(&c.session),
         agent = or_none(&c.agent_id),
         count = request.messages.len(),
-        model = if request.model.is_empty() { OFFLINE_MODEL_ID } else { &request.model },
+        model = if request.model.is_empty() { OFFLINE_MODEL_ID } else { request.model },
         node = or_none(&c.node),
         run = or_none(&c.run_id),
         tools = if tools.is_empty() { "none".to_string() } else { tools.join(", ") },
@@ -178,21 +182,23 @@ mod tests {
     use crate::provider::RequestContext;
     use beamclaw_crdt::Message;
 
-    fn request(messages: Vec<Message>) -> ProviderRequest {
-        ProviderRequest {
-            model: OFFLINE_MODEL_ID.into(),
-            system: "sys".into(),
-            messages,
-            tools: Vec::new(),
+    /// The offline reply to a request carrying `messages`.
+    fn reply_for(messages: Vec<Message>) -> Vec<ProviderEvent> {
+        let context = RequestContext {
+            session: "agent:main:main".into(),
+            agent_id: "main".into(),
+            node: "node-a".into(),
+            run_id: "run-1".into(),
+        };
+        reply(&ProviderRequest {
+            model: OFFLINE_MODEL_ID,
+            system: "sys",
+            messages: &messages,
+            tools: &[],
             max_tokens: 100,
             thinking: ThinkingLevel::Off,
-            context: RequestContext {
-                session: "agent:main:main".into(),
-                agent_id: "main".into(),
-                node: "node-a".into(),
-                run_id: "run-1".into(),
-            },
-        }
+            context: &context,
+        })
     }
 
     fn text_of(events: &[ProviderEvent]) -> String {
@@ -207,7 +213,7 @@ mod tests {
 
     #[test]
     fn echo_states_facts_and_how_to_configure_in_several_deltas() {
-        let events = reply(&request(vec![Message::user_text("u1", "hello there", 0)]));
+        let events = reply_for(vec![Message::user_text("u1", "hello there", 0)]);
         let deltas = events.iter().filter(|e| matches!(e, ProviderEvent::TextDelta(_))).count();
         assert!(deltas > 3, "{deltas} deltas");
         let text = text_of(&events);
@@ -224,7 +230,7 @@ mod tests {
         }
         assert_eq!(events.last(), Some(&ProviderEvent::Stop(StopReason::Stop)));
         assert_eq!(
-            reply(&request(vec![Message::user_text("u1", "hello there", 0)])),
+            reply_for(vec![Message::user_text("u1", "hello there", 0)]),
             events,
             "deterministic"
         );
@@ -233,7 +239,7 @@ mod tests {
     #[test]
     fn tool_command_emits_a_tool_call_then_answers_from_the_result() {
         let ask = Message::user_text("u1", "/tool read {\"path\": \"a.txt\"}", 0);
-        let events = reply(&request(vec![ask.clone()]));
+        let events = reply_for(vec![ask.clone()]);
         assert_eq!(
             events[0],
             ProviderEvent::ToolCallStart {
@@ -262,14 +268,14 @@ mod tests {
             content: "file body".into(),
             is_error: false,
         }];
-        let text = text_of(&reply(&request(vec![ask, result])));
+        let text = text_of(&reply_for(vec![ask, result]));
         assert!(text.starts_with("The tool `read` returned:\nfile body"), "{text}");
         assert!(text.contains("offline provider"));
     }
 
     #[test]
     fn bad_tool_commands_are_explained() {
-        let text = text_of(&reply(&request(vec![Message::user_text("u", "/tool read [1]", 0)])));
+        let text = text_of(&reply_for(vec![Message::user_text("u", "/tool read [1]", 0)]));
         assert!(text.contains("must be a JSON object"), "{text}");
         assert!(parse_tool_command("/toolbox x").is_none());
     }

@@ -5,11 +5,13 @@
 //! first delta of a call and the arguments in pieces after. Usage arrives in a last chunk with no
 //! choices when `stream_options.include_usage` is set; `data: [DONE]` ends the stream.
 
-use super::sse::SseEvent;
+use super::sse::SseEventRef;
 use super::{ErrorKind, ProviderError, ProviderEvent, ProviderRequest};
 use crate::config::ThinkingLevel;
 use beamclaw_crdt::{ContentPart, Role, StopReason, Usage};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Which field carries the output-token limit: OpenAI's own API wants `max_completion_tokens`,
@@ -30,103 +32,188 @@ fn reasoning_effort(level: ThinkingLevel) -> Option<&'static str> {
     }
 }
 
-/// The JSON body of a streaming `POST <baseUrl>/chat/completions`.
-pub fn request_body(request: &ProviderRequest, limit_field: TokenLimitField) -> Value {
-    let mut messages = Vec::new();
+/// The JSON body of a streaming `POST <baseUrl>/chat/completions`, serialized straight from the
+/// borrowed request (no `serde_json::Value` in between).
+pub fn request_body(
+    request: &ProviderRequest<'_>,
+    limit_field: TokenLimitField,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut messages = Vec::with_capacity(request.messages.len() + 1);
     if !request.system.is_empty() {
-        messages.push(json!({"role": "system", "content": request.system}));
+        messages.push(WireMessage::System { content: Cow::Borrowed(request.system) });
     }
-    for message in &request.messages {
+    for message in request.messages {
         match message.role {
             Role::System => {
-                messages.push(json!({"role": "system", "content": message.text_content()}))
+                messages.push(WireMessage::System { content: Cow::Owned(message.text_content()) })
             }
             Role::User => {
                 let has_image =
                     message.content.iter().any(|p| matches!(p, ContentPart::Image { .. }));
                 let content = if has_image {
-                    Value::Array(
+                    WireUserContent::Parts(
                         message
                             .content
                             .iter()
                             .filter_map(|part| match part {
-                                ContentPart::Text { text } => {
-                                    Some(json!({"type": "text", "text": text}))
-                                }
-                                ContentPart::Image { reference, .. } => Some(
-                                    json!({"type": "image_url", "image_url": {"url": reference}}),
-                                ),
+                                ContentPart::Text { text } => Some(WirePart::Text { text }),
+                                ContentPart::Image { reference, .. } => Some(WirePart::ImageUrl {
+                                    image_url: WireUrl { url: reference },
+                                }),
                                 _ => None,
                             })
                             .collect(),
                     )
                 } else {
-                    json!(message.text_content())
+                    WireUserContent::Text(message.text_content())
                 };
-                messages.push(json!({"role": "user", "content": content}));
+                messages.push(WireMessage::User { content });
             }
             Role::Assistant => {
                 let text = message.text_content();
-                let calls: Vec<Value> = message
+                let tool_calls: Vec<WireToolCall<'_>> = message
                     .content
                     .iter()
                     .filter_map(|part| match part {
-                        ContentPart::ToolCall { id, name, arguments } => Some(json!({
-                            "id": id,
-                            "type": "function",
-                            "function": {"name": name, "arguments": arguments.to_string()},
-                        })),
+                        ContentPart::ToolCall { id, name, arguments } => Some(WireToolCall {
+                            id,
+                            kind: "function",
+                            function: WireFunction { name, arguments: arguments.to_string() },
+                        }),
                         _ => None,
                     })
                     .collect();
-                if text.is_empty() && calls.is_empty() {
+                if text.is_empty() && tool_calls.is_empty() {
                     continue;
                 }
-                let mut m = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
-                if !calls.is_empty() {
-                    m["tool_calls"] = Value::Array(calls);
-                }
-                messages.push(m);
+                let content = (!text.is_empty()).then_some(text);
+                messages.push(WireMessage::Assistant { content, tool_calls });
             }
             Role::ToolResult => {
                 for part in &message.content {
                     if let ContentPart::ToolResult { tool_call_id, content, .. } = part {
-                        messages.push(
-                            json!({"role": "tool", "tool_call_id": tool_call_id, "content": content}),
-                        );
+                        messages.push(WireMessage::Tool { tool_call_id, content });
                     }
                 }
             }
         }
     }
-    let mut body = json!({
-        "model": request.model,
-        "messages": messages,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    let field = match limit_field {
-        TokenLimitField::MaxCompletionTokens => "max_completion_tokens",
-        TokenLimitField::MaxTokens => "max_tokens",
+    let (max_completion_tokens, max_tokens) = match limit_field {
+        TokenLimitField::MaxCompletionTokens => (Some(request.max_tokens), None),
+        TokenLimitField::MaxTokens => (None, Some(request.max_tokens)),
     };
-    body[field] = json!(request.max_tokens);
-    if !request.tools.is_empty() {
-        body["tools"] = Value::Array(
-            request
-                .tools
-                .iter()
-                .map(|t| {
-                    json!({"type": "function", "function": {
-                        "name": t.name, "description": t.description, "parameters": t.parameters,
-                    }})
-                })
-                .collect(),
-        );
-    }
-    if let Some(effort) = reasoning_effort(request.thinking) {
-        body["reasoning_effort"] = json!(effort);
-    }
-    body
+    let body = WireRequest {
+        model: request.model,
+        messages,
+        stream: true,
+        stream_options: WireStreamOptions { include_usage: true },
+        max_completion_tokens,
+        max_tokens,
+        tools: request
+            .tools
+            .iter()
+            .map(|t| WireTool {
+                kind: "function",
+                function: WireToolFunction {
+                    name: &t.name,
+                    description: &t.description,
+                    parameters: &t.parameters,
+                },
+            })
+            .collect(),
+        reasoning_effort: reasoning_effort(request.thinking),
+    };
+    serde_json::to_vec(&body)
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    stream_options: WireStreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct WireStreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+enum WireMessage<'a> {
+    System {
+        content: Cow<'a, str>,
+    },
+    User {
+        content: WireUserContent<'a>,
+    },
+    Assistant {
+        /// `null` when the message is only tool calls.
+        content: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<WireToolCall<'a>>,
+    },
+    Tool {
+        tool_call_id: &'a str,
+        content: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireUserContent<'a> {
+    Text(String),
+    Parts(Vec<WirePart<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WirePart<'a> {
+    Text { text: &'a str },
+    ImageUrl { image_url: WireUrl<'a> },
+}
+
+#[derive(Serialize)]
+struct WireUrl<'a> {
+    url: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    /// The arguments as JSON text, as the API wants them.
+    arguments: String,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireToolFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireToolFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
 }
 
 #[derive(Debug, Default)]
@@ -173,7 +260,7 @@ impl Decoder {
 
     pub fn on_event(
         &mut self,
-        event: &SseEvent,
+        event: SseEventRef<'_>,
         out: &mut Vec<ProviderEvent>,
     ) -> Result<(), ProviderError> {
         let data = event.data.trim();
@@ -310,12 +397,13 @@ mod tests {
     use super::*;
     use crate::provider::{RequestContext, ToolDefinition};
     use beamclaw_crdt::Message;
+    use serde_json::json;
 
     fn decode(chunks: &[&str]) -> Result<(Vec<ProviderEvent>, bool), ProviderError> {
         let mut decoder = Decoder::new("openai");
         let mut out = Vec::new();
         for data in chunks {
-            decoder.on_event(&SseEvent { event: None, data: data.to_string() }, &mut out)?;
+            decoder.on_event(SseEventRef { event: None, data }, &mut out)?;
         }
         Ok((out, decoder.finished()))
     }
@@ -384,20 +472,24 @@ mod tests {
             content: "data".into(),
             is_error: false,
         }];
+        let messages = vec![Message::user_text("u", "hi", 0), call, result];
+        let tools = vec![ToolDefinition {
+            name: "read".into(),
+            description: "d".into(),
+            parameters: json!({"type": "object"}),
+        }];
         let request = ProviderRequest {
-            model: "gpt-x".into(),
-            system: "sys".into(),
-            messages: vec![Message::user_text("u", "hi", 0), call, result],
-            tools: vec![ToolDefinition {
-                name: "read".into(),
-                description: "d".into(),
-                parameters: json!({"type": "object"}),
-            }],
+            model: "gpt-x",
+            system: "sys",
+            messages: &messages,
+            tools: &tools,
             max_tokens: 50,
             thinking: ThinkingLevel::Off,
-            context: RequestContext::default(),
+            context: &RequestContext::default(),
         };
-        let body = request_body(&request, TokenLimitField::MaxTokens);
+        let body: Value =
+            serde_json::from_slice(&request_body(&request, TokenLimitField::MaxTokens).unwrap())
+                .unwrap();
         let m = body["messages"].as_array().unwrap();
         assert_eq!(m[0]["role"], "system");
         assert_eq!(m[1]["content"], "hi");

@@ -10,11 +10,28 @@ pub const SSE_LINE_BYTES_MAX: usize = 1024 * 1024;
 /// Largest event (all its data lines together) accepted, in bytes.
 pub const SSE_EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// An owned event, for tests.
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SseEvent {
     /// The `event:` field, if any (the spec's default type is `message`).
     pub event: Option<String>,
     pub data: String,
+}
+
+#[cfg(test)]
+impl SseEvent {
+    pub fn as_ref(&self) -> SseEventRef<'_> {
+        SseEventRef { event: self.event.as_deref(), data: &self.data }
+    }
+}
+
+/// An event as [`SseParser::feed_with`] hands it over: borrowed from the parser's buffers, valid
+/// for the call only (no allocation per event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SseEventRef<'a> {
+    pub event: Option<&'a str>,
+    pub data: &'a str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -27,12 +44,29 @@ pub enum SseError {
     NotUtf8,
 }
 
+/// Why [`SseParser::feed_with`] stopped: the stream is broken, or the handler refused an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedError<E> {
+    Sse(SseError),
+    Handler(E),
+}
+
+impl<E> From<SseError> for FeedError<E> {
+    fn from(e: SseError) -> Self {
+        FeedError::Sse(e)
+    }
+}
+
+/// The buffers are reused from event to event: after the first few events of a stream, parsing
+/// allocates nothing.
 #[derive(Debug, Default)]
 pub struct SseParser {
+    /// The start of a line whose end has not arrived yet.
     line: Vec<u8>,
     /// The previous chunk ended in CR: a LF at the start of the next one belongs to it.
     after_cr: bool,
-    event: Option<String>,
+    event: String,
+    has_event: bool,
     data: String,
     has_data: bool,
 }
@@ -43,7 +77,26 @@ impl SseParser {
     }
 
     /// Parses `chunk`, appending every event it completes to `out`.
+    #[cfg(test)]
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+        let fed = self.feed_with(chunk, |e| {
+            out.push(SseEvent { event: e.event.map(str::to_string), data: e.data.to_string() });
+            Ok::<(), ()>(())
+        });
+        match fed {
+            Ok(()) => Ok(()),
+            Err(FeedError::Sse(e)) => Err(e),
+            Err(FeedError::Handler(())) => Ok(()),
+        }
+    }
+
+    /// Parses `chunk`, calling `on_event` for every event it completes, in order. Stops at the
+    /// first error (events completed before it were handed over).
+    pub fn feed_with<E>(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(SseEventRef<'_>) -> Result<(), E>,
+    ) -> Result<(), FeedError<E>> {
         let mut rest = chunk;
         if rest.is_empty() {
             // An empty read says nothing about a CR LF pair split around it.
@@ -56,8 +109,18 @@ impl SseParser {
             }
         }
         while let Some(at) = rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
-            self.push_line_bytes(&rest[..at])?;
             let was_cr = rest[at] == b'\r';
+            if self.line.is_empty() {
+                // The whole line is in this chunk: parse it in place.
+                self.process_line(&rest[..at], &mut on_event)?;
+            } else {
+                self.push_line_bytes(&rest[..at])?;
+                let line = std::mem::take(&mut self.line);
+                let processed = self.process_line(&line, &mut on_event);
+                self.line = line;
+                self.line.clear();
+                processed?;
+            }
             rest = &rest[at + 1..];
             if was_cr {
                 match rest.first() {
@@ -66,10 +129,8 @@ impl SseParser {
                     Some(_) => {}
                 }
             }
-            let line = std::mem::take(&mut self.line);
-            self.process_line(&line, out)?;
         }
-        self.push_line_bytes(rest)
+        Ok(self.push_line_bytes(rest)?)
     }
 
     fn push_line_bytes(&mut self, bytes: &[u8]) -> Result<(), SseError> {
@@ -80,17 +141,26 @@ impl SseParser {
         Ok(())
     }
 
-    fn process_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    fn process_line<E>(
+        &mut self,
+        line: &[u8],
+        on_event: &mut impl FnMut(SseEventRef<'_>) -> Result<(), E>,
+    ) -> Result<(), FeedError<E>> {
+        if line.len() > SSE_LINE_BYTES_MAX {
+            return Err(SseError::LineTooLong.into());
+        }
         if line.is_empty() {
-            if self.has_data {
-                out.push(SseEvent {
-                    event: self.event.take(),
-                    data: std::mem::take(&mut self.data),
-                });
-            }
-            self.event = None;
+            let dispatched = if self.has_data {
+                let event = self.has_event.then_some(self.event.as_str());
+                on_event(SseEventRef { event, data: &self.data })
+            } else {
+                Ok(())
+            };
+            self.event.clear();
+            self.has_event = false;
+            self.data.clear();
             self.has_data = false;
-            return Ok(());
+            return dispatched.map_err(FeedError::Handler);
         }
         let line = std::str::from_utf8(line).map_err(|_| SseError::NotUtf8)?;
         if line.starts_with(':') {
@@ -101,10 +171,14 @@ impl SseParser {
             None => (line, ""),
         };
         match field {
-            "event" => self.event = Some(value.to_string()),
+            "event" => {
+                self.event.clear();
+                self.event.push_str(value);
+                self.has_event = true;
+            }
             "data" => {
                 if self.data.len() + value.len() + 1 > SSE_EVENT_BYTES_MAX {
-                    return Err(SseError::EventTooLarge);
+                    return Err(SseError::EventTooLarge.into());
                 }
                 if self.has_data {
                     self.data.push('\n');
