@@ -23,6 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use script::ScriptResponse;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -62,10 +64,11 @@ pub struct RecordedRequest {
     pub body: Value,
 }
 
-/// A request as stored: the body stays bytes until someone asks for the list.
+/// A request as stored: headers and body stay as received (reference-counted, not copied) until
+/// someone asks for the list.
 struct StoredRequest {
     path: &'static str,
-    headers: BTreeMap<String, String>,
+    headers: HeaderMap,
     body: Bytes,
 }
 
@@ -166,7 +169,11 @@ async fn list_requests(State(state): State<Arc<MockState>>) -> Response {
         .iter()
         .map(|r| RecordedRequest {
             path: r.path.to_string(),
-            headers: r.headers.clone(),
+            headers: r
+                .headers
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+                .collect(),
             body: serde_json::from_slice(&r.body).unwrap_or(Value::Null),
         })
         .collect();
@@ -196,6 +203,38 @@ fn bad_request(api: Api, message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(wire::error_body(api, &error))).into_response()
 }
 
+/// The fields of a request the mock reads. Each stays raw JSON (borrowed from the body, not
+/// copied) until used and is read leniently: a field of an unexpected type counts as absent, as
+/// when the whole body was read as a `serde_json::Value`.
+#[derive(serde::Deserialize)]
+struct RequestFields<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// A raw field as `T`, or `None` when it is absent or of another type.
+fn read<'a, T: serde::Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+/// The last element of the `messages` array, the only message the echo reads.
+fn last_message(messages: Option<&RawValue>) -> Value {
+    let all: Option<Vec<&RawValue>> = read(messages);
+    all.and_then(|m| m.last().and_then(|last| serde_json::from_str(last.get()).ok()))
+        .unwrap_or(Value::Null)
+}
+
 async fn respond(
     api: Api,
     path: &'static str,
@@ -203,21 +242,19 @@ async fn respond(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request: Value = match serde_json::from_slice(&body) {
+    // Reading the fields also checks that the whole body is JSON.
+    let request: RequestFields<'_> = match serde_json::from_slice(&body) {
         Ok(v) => v,
+        // Valid JSON of another shape (not an object): no field is present.
+        Err(e) if e.is_data() && serde_json::from_slice::<IgnoredAny>(&body).is_ok() => {
+            RequestFields { model: None, stream: None, stream_options: None, messages: None }
+        }
         Err(e) => return bad_request(api, format!("the request body is not JSON: {e}")),
     };
-    state.record(StoredRequest {
-        path,
-        headers: headers
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
-            .collect(),
-        body: body.clone(),
-    });
+    state.record(StoredRequest { path, headers: headers.clone(), body: body.clone() });
     let n = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
     let response = state.next_response().unwrap_or_else(|| ScriptResponse {
-        text: Some(echo(api, &request)),
+        text: Some(echo(api, &last_message(request.messages))),
         ..ScriptResponse::default()
     });
     let clamp = |ms: u64| Duration::from_millis(ms.min(SCRIPT_DELAY_MS_MAX));
@@ -235,9 +272,11 @@ async fn respond(
         }
         return reply;
     }
-    let model = request["model"].as_str().unwrap_or("mock").to_string();
-    let stream = request["stream"].as_bool().unwrap_or(false);
-    let include_usage = request["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let model: String = read(request.model).unwrap_or_else(|| "mock".into());
+    let stream: bool = read(request.stream).unwrap_or(false);
+    let include_usage = read::<StreamOptions>(request.stream_options)
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     let input_chars = body.len();
     let reply = Reply::new(api, &response, &model, n, input_chars, include_usage || !stream);
     if !stream {
@@ -328,10 +367,9 @@ fn segments(
     segments
 }
 
-/// `echo: <last user text>` (or the last tool result), deterministic.
-fn echo(api: Api, request: &Value) -> String {
-    let last =
-        request["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or(Value::Null);
+/// `echo: <last user text>` (or the last tool result), deterministic, from the request's last
+/// message.
+fn echo(api: Api, last: &Value) -> String {
     let text = match (&last["content"], api) {
         (Value::String(s), _) if last["role"] == "tool" => format!("tool result: {s}"),
         (Value::String(s), _) => s.clone(),
@@ -381,8 +419,8 @@ mod tests {
     fn echo_reads_both_apis_last_message() {
         let a =
             json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
-        assert_eq!(echo(Api::Anthropic, &a), "echo: hi");
+        assert_eq!(echo(Api::Anthropic, &a["messages"][0]), "echo: hi");
         let o = json!({"messages": [{"role": "user", "content": "yo"}, {"role": "tool", "tool_call_id": "c", "content": "42"}]});
-        assert_eq!(echo(Api::OpenAi, &o), "echo: tool result: 42");
+        assert_eq!(echo(Api::OpenAi, &o["messages"][1]), "echo: tool result: 42");
     }
 }
