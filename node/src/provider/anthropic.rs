@@ -630,6 +630,43 @@ mod tests {
     }
 
     #[test]
+    fn system_and_empty_messages_go_out_of_the_way_without_splitting_a_run() {
+        let messages = vec![
+            Message::user_text("u1", "first", 0),
+            Message::text("s1", Role::System, "a note", 1),
+            Message::text("a0", Role::Assistant, "", 2),
+            Message::user_text("u2", "second", 3),
+            Message::text("a1", Role::Assistant, "answer", 4),
+        ];
+        let request = ProviderRequest {
+            model: "claude-x",
+            system: "be brief",
+            messages: &messages,
+            tools: &[],
+            max_tokens: 100,
+            thinking: ThinkingLevel::Off,
+            context: &RequestContext::default(),
+        };
+        let body: Value = serde_json::from_slice(&request_body(&request).unwrap()).unwrap();
+        assert_eq!(body["system"], "be brief\n\na note");
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "user", "content": [
+                    {"type": "text", "text": "first"},
+                    {"type": "text", "text": "second"},
+                ]},
+                {"role": "assistant", "content": [{"type": "text", "text": "answer"}]},
+            ])
+        );
+        assert!(body.get("tools").is_none() && body.get("thinking").is_none());
+        assert_eq!(
+            (body["stream"].as_bool(), body["max_tokens"].as_u64()),
+            (Some(true), Some(100))
+        );
+    }
+
+    #[test]
     fn request_merges_tool_results_and_keeps_signatures() {
         let mut call = Message::text("a1", Role::Assistant, "let me look", 1);
         call.content
