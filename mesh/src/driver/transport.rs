@@ -72,6 +72,10 @@ pub struct TransportStats {
     pub handshakes_refused: AtomicU64,
     pub connections_opened: AtomicU64,
     pub duplicate_connections_closed: AtomicU64,
+    /// Bytes of peer frames (sync, forwarding, handoff, broadcasts) received whole.
+    pub frame_bytes_in: AtomicU64,
+    /// Bytes of peer frames written whole to a stream.
+    pub frame_bytes_out: AtomicU64,
 }
 
 enum Outbound {
@@ -325,9 +329,13 @@ async fn read_streams(shared: Arc<Shared>, node: NodeId, conn: quinn::Connection
         };
         let Ok(permit) = limit.clone().acquire_owned().await else { break };
         let core = shared.core.clone();
+        let stats = shared.clone();
         tokio::spawn(async move {
+            let stats = &stats.stats;
             match stream.read_to_end(FRAME_BYTES_MAX).await {
                 Ok(bytes) => {
+                    let n = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                    stats.frame_bytes_in.fetch_add(n, Ordering::Relaxed);
                     let _ = core.send(CoreMsg::Input(Input::Frame { from: node, bytes })).await;
                 }
                 Err(e) => {
@@ -462,8 +470,14 @@ async fn peer_task(
                         s.finish().ok()
                     }
                     .await;
-                    if sent.is_none() {
-                        shared.stats.frames_dropped_unreachable.fetch_add(1, Ordering::Relaxed);
+                    match sent {
+                        Some(()) => {
+                            let n = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                            shared.stats.frame_bytes_out.fetch_add(n, Ordering::Relaxed);
+                        }
+                        None => {
+                            shared.stats.frames_dropped_unreachable.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     let left = queued.fetch_sub(len, Ordering::AcqRel) - len;
                     if let Some(n) = node

@@ -72,11 +72,61 @@ struct MeshGauges {
     sync_exchanges: Gauge,
 }
 
+/// The transport's own counters (`TransportStats`), exported beside the core's.
+#[derive(Default)]
+struct TransportCounters {
+    frame_bytes_in: Counter<u64, AtomicU64>,
+    frame_bytes_out: Counter<u64, AtomicU64>,
+    frames_dropped_queue_full: Counter<u64, AtomicU64>,
+    frames_dropped_unreachable: Counter<u64, AtomicU64>,
+    connections_opened: Counter<u64, AtomicU64>,
+}
+
+impl TransportCounters {
+    fn register(&self, r: &mut Registry) {
+        r.register("frame_bytes_in", "Bytes of peer frames received", self.frame_bytes_in.clone());
+        r.register("frame_bytes_out", "Bytes of peer frames sent", self.frame_bytes_out.clone());
+        r.register(
+            "frames_dropped_queue_full",
+            "Peer frames dropped because the peer's send queue was full",
+            self.frames_dropped_queue_full.clone(),
+        );
+        r.register(
+            "frames_dropped_unreachable",
+            "Peer frames dropped because the peer could not be reached",
+            self.frames_dropped_unreachable.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Mesh connections opened (dialled or accepted)",
+            self.connections_opened.clone(),
+        );
+    }
+
+    fn update(&self, stats: &beamclaw_mesh::driver::TransportStats) {
+        let pairs = [
+            (&self.frame_bytes_in, &stats.frame_bytes_in),
+            (&self.frame_bytes_out, &stats.frame_bytes_out),
+            (&self.frames_dropped_queue_full, &stats.frames_dropped_queue_full),
+            (&self.frames_dropped_unreachable, &stats.frames_dropped_unreachable),
+            (&self.connections_opened, &stats.connections_opened),
+        ];
+        for (counter, total) in pairs {
+            let (seen, now) = (counter.get(), total.load(std::sync::atomic::Ordering::Relaxed));
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
+        }
+    }
+}
+
 /// Registers the mesh metrics and keeps them current until the mesh stops.
 pub fn export(mesh: MeshHandle, registry: &mut Registry) {
     let mesh_registry = registry.sub_registry_with_prefix("beamclaw_mesh");
     let counters = MeshCounters::default();
     counters.register(mesh_registry);
+    let transport = TransportCounters::default();
+    transport.register(mesh_registry);
     let gauges = MeshGauges {
         members_alive: Gauge::default(),
         sessions_known: Gauge::default(),
@@ -151,6 +201,7 @@ pub fn export(mesh: MeshHandle, registry: &mut Registry) {
             set(&gauges.handoffs_in_progress, s.handoffs_in_progress);
             set(&gauges.sync_exchanges, s.sync_exchanges);
             counters.update(&s.counters);
+            transport.update(mesh.transport_stats());
         }
     });
 }

@@ -1,7 +1,7 @@
 //! Benchmarks of real `beamclaw` processes on loopback (docs/benchmarks.md, "Real mesh" and
 //! "Gateway"). Not a test: `cargo run --release -p beamclaw-e2e --bin e2e-bench [-- NAME...]`
 //! (it uses the release `beamclaw` beside it, building it when missing, or `$BEAMCLAW_BIN`).
-//! Names: ready, rss, join, detect, serial, forward, handoff, ws-turns, completions, ttft, idle-ws
+//! Names: ready, rss, join, detect, serial, sync, forward, handoff, ws-turns, completions, ttft, idle-ws
 //! (default: all). Prints one line per figure.
 
 use std::sync::Arc;
@@ -182,6 +182,101 @@ async fn turn_latencies(client: &mut Client, session: &str, turns: usize) -> Res
         out.push(ms(started.elapsed()));
     }
     Ok(out)
+}
+
+/// Sessions written while the second node is down, for the sync throughput.
+const SYNC_SESSIONS: usize = 200;
+/// Messages injected into each of them (110-byte bodies).
+const SYNC_MESSAGES: usize = 50;
+/// Clients writing those at once.
+const SYNC_WRITERS: usize = 8;
+
+/// A counter from a node's `/metrics` (0 when absent).
+async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Result<f64> {
+    let text = http.get(format!("{base}/metrics")).bearer_auth(TOKEN).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Sync throughput between two nodes: node 2 is stopped, node 1 takes SYNC_SESSIONS sessions of
+/// SYNC_MESSAGES messages each, node 2 restarts, and the clock runs from its ready line until its
+/// own index (`sessions.list` reads the local one) holds every message of every session.
+async fn sync() -> Result<()> {
+    let (mut cluster, _) =
+        Cluster::start(&opts(2, Model::Offline), Duration::from_secs(10)).await?;
+    cluster.nodes[1].terminate(Duration::from_secs(30)).await?;
+    let body = "x".repeat(110);
+    let url = cluster.node(0).ws_url();
+    let sessions: Vec<String> =
+        (0..SYNC_SESSIONS).map(|i| unique_key(&format!("sync-{i}"))).collect();
+    let mut writes = futures::stream::iter(sessions.clone())
+        .map(|session| {
+            let (url, body) = (url.clone(), body.clone());
+            async move {
+                let mut c = Client::connect(&url, Some(TOKEN)).await?;
+                let key = uuid::Uuid::new_v4().simple().to_string();
+                c.chat_turn(&session, "create", &key, CALL_TIMEOUT_MS).await?;
+                for _ in 0..SYNC_MESSAGES {
+                    let params = json!({"sessionKey": session, "message": body});
+                    c.call("chat.inject", params, CALL_TIMEOUT_MS).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(SYNC_WRITERS);
+    while let Some(r) = writes.next().await {
+        r?;
+    }
+    // A turn adds a user message and a reply before the injected ones.
+    let expected = SYNC_MESSAGES + 2;
+    let http = beamclaw_e2e::node::http()?;
+    let started = Instant::now();
+    let ready = cluster.nodes[1].start().await?;
+    let base = cluster.node(1).http_url();
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        let mut c = cluster.node(1).client().await?;
+        let list = c.call("sessions.list", json!({"limit": 1000}), CALL_TIMEOUT_MS).await?;
+        c.close().await;
+        let complete = list["sessions"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| {
+                        sessions.iter().any(|s| r["key"] == s.as_str())
+                            && r["messageCount"].as_u64().unwrap_or(0) >= expected as u64
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if complete == SYNC_SESSIONS {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("node 2 holds {complete} of {SYNC_SESSIONS} sessions complete after 120 s");
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+    let elapsed = started.elapsed();
+    let caught_up = elapsed.saturating_sub(ready);
+    // Give the metrics task (1 s period) time to copy the transport's byte counter.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let bytes = metric(&http, &base, "beamclaw_mesh_frame_bytes_in_total").await?;
+    let messages = (SYNC_SESSIONS * expected) as f64;
+    let secs = caught_up.as_secs_f64();
+    println!(
+        "sync catch-up: {SYNC_SESSIONS} sessions, {messages} messages ({:.2} MB of frames in, \
+         metrics read after) in {:.0} ms after ready ({:.0} ms from spawn): {:.0} messages/s, \
+         {:.2} MB/s",
+        bytes / 1e6,
+        ms(caught_up),
+        ms(elapsed),
+        messages / secs,
+        bytes / 1e6 / secs
+    );
+    Ok(())
 }
 
 /// One node, one client, turns one after another: the turn path without the mesh's network.
@@ -441,6 +536,7 @@ async fn main() -> Result<()> {
         "join",
         "detect",
         "serial",
+        "sync",
         "forward",
         "handoff",
         "ws-turns",
@@ -459,6 +555,7 @@ async fn main() -> Result<()> {
             "join" => join().await,
             "detect" => detect().await,
             "serial" => serial().await,
+            "sync" => sync().await,
             "forward" => forward().await,
             "handoff" => handoff().await,
             "ws-turns" => ws_turns().await,
