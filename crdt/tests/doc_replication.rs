@@ -401,3 +401,43 @@ fn an_empty_placeholder_fills_in_from_chunks_and_from_sync() {
         assert_eq!(doc.message_count(), 5);
     }
 }
+
+fn texts(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(Message::text_content).collect()
+}
+
+/// History reads keep decoded copies of the messages; every later change, local or remote, must
+/// show in the next read exactly as a fresh replica would show it.
+#[test]
+fn history_reads_see_every_change_made_after_an_earlier_read() {
+    let (mut a, mut b) = (replica("a", "s1"), replica("b", "s1"));
+    let mut partial = Message::text("r:1", Role::Assistant, "partial answer", 1_700_000_000_001);
+    partial.partial = true;
+    a.upsert(&user("u:1", "question")).unwrap();
+    a.upsert(&partial).unwrap();
+    push(&mut a, &mut b);
+    for doc in [&a, &b] {
+        assert_eq!(texts(&doc.history(100, None).unwrap()), ["question", "partial answer"]);
+    }
+
+    // The final message replaces the checkpoint in place: locally, then on the replica.
+    let done = Message::text("r:1", Role::Assistant, "final answer", 1_700_000_000_002);
+    a.upsert(&done).unwrap();
+    assert_eq!(texts(&a.history(100, None).unwrap()), ["question", "final answer"]);
+    push(&mut a, &mut b);
+    let on_b = b.history(100, None).unwrap();
+    assert_eq!(texts(&on_b), ["question", "final answer"]);
+    assert!(!on_b[1].partial);
+
+    // A remote append after a read.
+    b.upsert(&user("u:2", "and then?")).unwrap();
+    push(&mut b, &mut a);
+    assert_eq!(texts(&a.history(100, None).unwrap()), ["question", "final answer", "and then?"]);
+
+    // Both agree with a replica that never read anything before.
+    let mut fresh = replica("c", "s1");
+    full_sync(&mut a, &mut fresh);
+    let expected = fresh.history(100, None).unwrap();
+    assert_eq!(a.history(100, None).unwrap(), expected);
+    assert_eq!(b.history(100, None).unwrap(), expected);
+}

@@ -884,13 +884,16 @@ impl SessionDoc {
 
     /// Estimated resident bytes of this hydrated session, for the cache's memory budget:
     /// [`PART_RESIDENT_BYTES`] per part, plus per stored message its stored bytes (id, body,
-    /// keys) and [`MESSAGE_RESIDENT_BYTES`]. The constants are calibrated against the RSS of
-    /// many hydrated sessions (docs/benchmarks.md); it does not walk Automerge's internals.
+    /// keys) and [`MESSAGE_RESIDENT_BYTES`], plus the stored bytes of the messages kept decoded
+    /// for history reads. The constants are calibrated against the RSS of many hydrated
+    /// sessions (docs/benchmarks.md); it does not walk Automerge's internals.
     pub fn approx_bytes(&self) -> usize {
         let mut bytes = PART_RESIDENT_BYTES;
         for segment in self.transcripts.values().flat_map(BTreeMap::values) {
-            bytes +=
-                PART_RESIDENT_BYTES + segment.bytes + segment.slots.len() * MESSAGE_RESIDENT_BYTES;
+            bytes += PART_RESIDENT_BYTES
+                + segment.bytes
+                + segment.decoded_bytes()
+                + segment.slots.len() * MESSAGE_RESIDENT_BYTES;
         }
         bytes
     }

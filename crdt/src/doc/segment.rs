@@ -34,6 +34,33 @@ pub(crate) struct Segment {
     objs: Vec<ObjId>,
     /// Sum of the stored bytes of the slots.
     pub(crate) bytes: usize,
+    /// Messages already read out of Automerge, by position: every turn reads its history, and
+    /// hydrating a message costs tens of microseconds while cloning it costs well under one.
+    /// An entry is dropped whenever its slot changes; see [`Decoded`].
+    decoded: std::sync::Mutex<Decoded>,
+}
+
+/// The decoded copies of a segment's messages (`None`: not read yet, or changed since).
+#[derive(Debug, Default)]
+struct Decoded {
+    messages: Vec<Option<Message>>,
+    /// Stored bytes of the messages held (the slots' `bytes`), for the memory estimate.
+    bytes: usize,
+}
+
+impl Decoded {
+    fn forget(&mut self, pos: usize, slot_bytes: usize) {
+        if let Some(m) = self.messages.get_mut(pos)
+            && m.take().is_some()
+        {
+            self.bytes -= slot_bytes;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
 }
 
 fn same_object(exid: &ObjId, ctr: u64, actor: &ActorId) -> bool {
@@ -43,7 +70,14 @@ fn same_object(exid: &ObjId, ctr: u64, actor: &ActorId) -> bool {
 impl Segment {
     pub(crate) fn new(part: Part, id: &PartId) -> Result<Segment, DocError> {
         let list = genesis_object(&part.doc, id, KEY_MESSAGES, ObjType::List)?;
-        let mut segment = Segment { part, list, slots: Vec::new(), objs: Vec::new(), bytes: 0 };
+        let mut segment = Segment {
+            part,
+            list,
+            slots: Vec::new(),
+            objs: Vec::new(),
+            bytes: 0,
+            decoded: std::sync::Mutex::default(),
+        };
         segment.read_all(id)?;
         Ok(segment)
     }
@@ -68,6 +102,7 @@ impl Segment {
 
     /// Reads the whole index view from the document.
     fn read_all(&mut self, id: &PartId) -> Result<(), DocError> {
+        self.decoded_mut().clear();
         genesis_object(&self.part.doc, id, KEY_MESSAGES, ObjType::List)?;
         let objs: Vec<ObjId> =
             self.part.doc.list_range(&self.list, ..).map(|item| item.id()).collect();
@@ -223,7 +258,19 @@ impl Segment {
         Ok(())
     }
 
+    fn decoded_mut(&mut self) -> &mut Decoded {
+        self.decoded.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stored bytes of the messages held decoded (they take about that much memory again).
+    pub(crate) fn decoded_bytes(&self) -> usize {
+        self.decoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).bytes
+    }
+
     fn set_slot(&mut self, pos: usize, entry: Option<Entry>) {
+        let old_bytes =
+            self.slots.get(pos).and_then(|s| s.as_ref()).map_or(0, |e| e.bytes as usize);
+        self.decoded_mut().forget(pos, old_bytes);
         let Some(slot) = self.slots.get_mut(pos) else {
             return;
         };
@@ -273,6 +320,22 @@ impl Segment {
 
     /// Reads the whole message at `pos`; `Ok(None)` when the element is malformed (logged).
     pub(crate) fn read(&self, id: &PartId, pos: usize) -> Result<Option<Message>, DocError> {
+        let mut decoded = self.decoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(Some(message)) = decoded.messages.get(pos) {
+            return Ok(Some(message.clone()));
+        }
+        let message = self.read_uncached(id, pos)?;
+        if let (Some(m), Some(Some(entry))) = (&message, self.slots.get(pos)) {
+            if decoded.messages.len() <= pos {
+                decoded.messages.resize(pos + 1, None);
+            }
+            decoded.messages[pos] = Some(m.clone());
+            decoded.bytes += entry.bytes as usize;
+        }
+        Ok(message)
+    }
+
+    fn read_uncached(&self, id: &PartId, pos: usize) -> Result<Option<Message>, DocError> {
         let Some(obj) = self.objs.get(pos) else {
             return Ok(None);
         };
