@@ -46,6 +46,13 @@ pub const SESSIONS_LIST_MAX: usize = 1000;
 pub const NODE_EVENTS_BUFFER: usize = 256;
 /// A chat command's reply goes out this long after the command was accepted, in ms.
 pub const COMMAND_REPLY_DELAY_MS: u64 = 50;
+/// Turn events buffered per subscribed session for its feed (a feed further behind loses the
+/// oldest and says so in the log).
+pub const SESSION_EVENTS_BUFFER: usize = 1024;
+
+/// Turn events routed by session: one channel per session with a subscriber here, so a feed
+/// only ever sees its own session's events (not every session's, filtered).
+type SessionRoutes = Arc<Mutex<HashMap<SessionKey, broadcast::Sender<RunEvent>>>>;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -89,6 +96,7 @@ pub struct NodeService {
     approvals: std::sync::OnceLock<Arc<crate::approvals::Approvals>>,
     /// Replies to chat commands answered here (`/approve`), as runs of their own.
     command_replies: broadcast::Sender<RunEvent>,
+    routes: SessionRoutes,
 }
 
 impl NodeService {
@@ -115,8 +123,10 @@ impl NodeService {
             node_events: broadcast::channel(NODE_EVENTS_BUFFER).0,
             approvals: std::sync::OnceLock::new(),
             command_replies: broadcast::channel(NODE_EVENTS_BUFFER).0,
+            routes: SessionRoutes::default(),
         });
         tokio::spawn(track_runs(Arc::downgrade(&service), mesh.events()));
+        tokio::spawn(route_session_events(Arc::downgrade(&service.routes), mesh.events()));
         service
     }
 
@@ -326,6 +336,48 @@ fn fast_mode_patch(p: FieldPatch<FastMode>) -> DocPatch<bool> {
         FieldPatch::Clear | FieldPatch::Set(FastMode::Auto) => DocPatch::Clear,
         FieldPatch::Set(FastMode::On) => DocPatch::Set(true),
         FieldPatch::Set(FastMode::Off) => DocPatch::Set(false),
+    }
+}
+
+/// Hands each turn event to its session's channel, if that session has a subscriber here.
+async fn route_session_events(
+    routes: std::sync::Weak<Mutex<HashMap<SessionKey, broadcast::Sender<RunEvent>>>>,
+    mut events: broadcast::Receiver<Event>,
+) {
+    loop {
+        let (run, event) = match events.recv().await {
+            Ok(Event::Turn { run, event }) => (run, event),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "session event router fell behind; turn events lost");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(routes) = routes.upgrade() else { return };
+        let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = routes.get(&run.session)
+            && tx.send(RunEvent { run: run.clone(), event }).is_err()
+        {
+            // Every subscriber has gone.
+            routes.remove(&run.session);
+        }
+    }
+}
+
+/// Drops a session's route once its last subscriber has gone. Declared after the receiver in
+/// the stream's state, so it runs once that receiver is dropped.
+struct RouteGuard {
+    routes: SessionRoutes,
+    session: SessionKey,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes.get(&self.session).is_some_and(|tx| tx.receiver_count() == 0) {
+            routes.remove(&self.session);
+        }
     }
 }
 
@@ -854,22 +906,32 @@ impl GatewayService for NodeService {
         &self,
         key: SessionKey,
     ) -> Result<BoxStream<'static, RunEvent>, ServiceError> {
-        let events = self.mesh.events();
+        // Declared before the receiver so that, on an early return too, it drops after it.
+        let route = RouteGuard { routes: self.routes.clone(), session: key.clone() };
+        // The route exists before the mesh subscription, so no event of it is missed.
+        let events = {
+            let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            routes
+                .entry(key.clone())
+                .or_insert_with(|| broadcast::channel(SESSION_EVENTS_BUFFER).0)
+                .subscribe()
+        };
         self.mesh.subscribe(key.clone()).await.map_err(|e| ServiceError::Unavailable {
             message: e.to_string(),
             retry_after_ms: None,
         })?;
         let guard = Unsubscribe { mesh: self.mesh.clone(), session: Some(key.clone()) };
         let replies_key = key.clone();
-        let stream = futures::stream::unfold((events, guard), move |(mut events, guard)| {
+        let stream = futures::stream::unfold((events, route, guard), move |state| {
             let key = key.clone();
             async move {
+                let (mut events, route, guard) = state;
                 loop {
                     match events.recv().await {
-                        Ok(Event::Turn { run, event }) if run.session == key => {
-                            return Some((RunEvent { run, event }, (events, guard)));
+                        Ok(e) => return Some((e, (events, route, guard))),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(session = %key, missed = n, "session feed fell behind; turn events lost");
                         }
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(broadcast::error::RecvError::Closed) => return None,
                     }
                 }
