@@ -73,6 +73,17 @@ fn rss_kib(pid: i32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (10 ms ticks).
+fn cpu_time(pid: i32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(Duration::from_millis((ticks(11) + ticks(12)) * 10))
+}
+
 fn opts(nodes: usize, model: Model) -> ClusterOptions {
     ClusterOptions { nodes, model, ..ClusterOptions::default() }
 }
@@ -387,17 +398,22 @@ async fn ws_turns() -> Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (from, started) = (done.load(Ordering::SeqCst), Instant::now());
+    let pid = cluster.node(0).pid().ok_or_else(|| anyhow!("node not running"))?;
+    let (from, started, cpu_from) = (done.load(Ordering::SeqCst), Instant::now(), cpu_time(pid)?);
     tokio::time::sleep(THROUGHPUT_RUN).await;
     let turns = done.load(Ordering::SeqCst) - from;
-    let elapsed = started.elapsed();
+    let (elapsed, cpu) = (started.elapsed(), cpu_time(pid)?.saturating_sub(cpu_from));
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await??;
     }
+    let per_turn = cpu.as_secs_f64() / turns.max(1) as f64;
     println!(
-        "WebSocket chat turns (chat.send to final, {CONCURRENCY} clients, offline model): {:.0} turns/s",
-        turns as f64 / elapsed.as_secs_f64()
+        "WebSocket chat turns (chat.send to final, {CONCURRENCY} clients, offline model): {:.0} turns/s; \
+         node CPU {:.0} us per turn ({:.0} turns/s on 2 fully used cores at that cost)",
+        turns as f64 / elapsed.as_secs_f64(),
+        per_turn * 1e6,
+        2.0 / per_turn
     );
     Ok(())
 }
