@@ -58,12 +58,8 @@ async fn one_node(model: Model) -> Cluster {
     Cluster::start(&opts, Duration::from_secs(10)).await.unwrap().0
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reference_client_conforms_against_beamclaw_up() {
-    if skip_without("npm") {
-        return;
-    }
-    let cluster = one_node(Model::Mock).await;
+/// Runs OpenClaw's reference client harness against `cluster`'s first node; its stdout.
+async fn reference_client(cluster: &Cluster) -> String {
     let script = repo_root().join("tests/conformance/node/run.sh");
     let run = tokio::process::Command::new("bash")
         .arg(&script)
@@ -75,12 +71,40 @@ async fn the_reference_client_conforms_against_beamclaw_up() {
         .await
         .expect("the conformance harness finished in time")
         .expect("the conformance harness started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(output.status.success(), "conformance failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     assert!(stdout.contains("server frames validated"), "{stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_client_conforms_against_beamclaw_up() {
+    if skip_without("npm") {
+        return;
+    }
+    let cluster = one_node(Model::Mock).await;
+    reference_client(&cluster).await;
+    cluster.assert_no_panics().unwrap();
+}
+
+/// With `gateway.nodes.pairing.autoApproveLocal: false` a new device gets PAIRING_REQUIRED even
+/// on loopback; the harness approves it with `device.pair.approve` (the `device.pair.*` events
+/// it receives are validated against the schema too) and connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_client_pairs_a_device_through_approval() {
+    if skip_without("npm") {
+        return;
+    }
+    let opts = ClusterOptions { nodes: 1, model: Model::Mock, ..ClusterOptions::default() };
+    let mut cluster = Cluster::new(&opts).await.unwrap();
+    cluster.nodes[0].opts.config["gateway"] =
+        json!({"nodes": {"pairing": {"autoApproveLocal": false}}});
+    cluster.nodes[0].start().await.unwrap();
+    let stdout = reference_client(&cluster).await;
+    assert!(stdout.contains("device pairing approved through device.pair.approve"), "{stdout}");
     cluster.assert_no_panics().unwrap();
 }
 

@@ -214,6 +214,21 @@ pub struct GatewayConfig {
     pub auth: GatewayAuthConfig,
     pub http: GatewayHttpConfig,
     pub tools: ToolPolicyConfig,
+    pub nodes: GatewayNodesConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct GatewayNodesConfig {
+    pub pairing: GatewayPairingConfig,
+}
+
+/// OpenClaw's `gateway.nodes.pairing`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct GatewayPairingConfig {
+    /// Approve new devices connecting from loopback without asking (default true, as OpenClaw).
+    pub auto_approve_local: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

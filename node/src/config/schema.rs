@@ -184,6 +184,7 @@ pub(crate) fn root() -> Shape {
                     )]),
                 ),
                 ("tools", obj(vec![("allow", list(Shape::Str)), ("deny", list(Shape::Str))])),
+                ("nodes", obj(vec![("pairing", obj(vec![("autoApproveLocal", Shape::Bool)]))])),
             ]),
         ),
         (

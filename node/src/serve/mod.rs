@@ -155,6 +155,9 @@ pub fn gateway_config(
     if let Some(enabled) = g.http.endpoints.chat_completions.enabled {
         cfg.chat_completions_enabled = enabled;
     }
+    if let Some(auto) = g.nodes.pairing.auto_approve_local {
+        cfg.pairing.auto_approve_loopback = auto;
+    }
     cfg.tools.allow = g.tools.allow.clone();
     cfg.tools.deny = g.tools.deny.clone();
     cfg.validate().map_err(|e| UpError::Config(e.to_string()))?;
