@@ -328,15 +328,14 @@ async fn read_streams(shared: Arc<Shared>, node: NodeId, conn: quinn::Connection
             Err(_) => break,
         };
         let Ok(permit) = limit.clone().acquire_owned().await else { break };
-        let core = shared.core.clone();
-        let stats = shared.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let stats = &stats.stats;
             match stream.read_to_end(FRAME_BYTES_MAX).await {
                 Ok(bytes) => {
                     let n = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-                    stats.frame_bytes_in.fetch_add(n, Ordering::Relaxed);
-                    let _ = core.send(CoreMsg::Input(Input::Frame { from: node, bytes })).await;
+                    shared.stats.frame_bytes_in.fetch_add(n, Ordering::Relaxed);
+                    let msg = CoreMsg::Input(Input::Frame { from: node, bytes });
+                    let _ = shared.core.send(msg).await;
                 }
                 Err(e) => {
                     tracing::debug!(peer = %node.short(), error = %e, "inbound frame dropped")

@@ -199,8 +199,6 @@ impl Actor {
             match running.as_mut() {
                 Some(turn) => {
                     tokio::select! {
-                        // A turn that has ended is seen before a request that came after it.
-                        biased;
                         outcome = &mut turn.future => {
                             self.ended(&outcome);
                             running = None;
@@ -216,8 +214,7 @@ impl Actor {
                                     self.ended(&outcome);
                                     running = None;
                                     if self.pending.is_empty() {
-                                        self.last_arrival = Instant::now();
-                                        running = Some(self.start(TurnJob { turn: t, absorbed: Vec::new(), note: None, handoff: Arc::default() }));
+                                        running = Some(self.start_arrived(t));
                                     } else {
                                         self.enqueue(t);
                                     }
@@ -249,10 +246,7 @@ impl Actor {
                 None => {
                     tokio::select! {
                         input = self.rx.recv() => match input {
-                            Some(t) => {
-                                self.last_arrival = Instant::now();
-                                running = Some(self.start(TurnJob { turn: t, absorbed: Vec::new(), note: None, handoff: Arc::default() }));
-                            }
+                            Some(t) => running = Some(self.start_arrived(t)),
                             None => return,
                         },
                         _ = tokio::time::sleep(self.idle) => {
@@ -371,6 +365,12 @@ impl Actor {
             },
         };
         self.start(job)
+    }
+
+    /// Starts a request that found the actor idle, at once.
+    fn start_arrived(&mut self, turn: StartTurn) -> Running {
+        self.last_arrival = Instant::now();
+        self.start(TurnJob { turn, absorbed: Vec::new(), note: None, handoff: Arc::default() })
     }
 
     fn start(&mut self, mut job: TurnJob) -> Running {

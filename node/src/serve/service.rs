@@ -355,18 +355,17 @@ async fn route_session_events(
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(routes) = routes.upgrade() else { return };
-        let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = routes.get(&run.session)
-            && tx.send(RunEvent { run: run.clone(), event }).is_err()
-        {
-            // Every subscriber has gone.
-            routes.remove(&run.session);
+        let routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+        // A route has a receiver while it exists: the last one's guard removes it.
+        if let Some(tx) = routes.get(&run.session) {
+            let _ = tx.send(RunEvent { run, event });
         }
     }
 }
 
-/// Drops a session's route once its last subscriber has gone. Declared after the receiver in
-/// the stream's state, so it runs once that receiver is dropped.
+/// Drops a session's route once its last subscriber has gone (the only place routes are
+/// removed). Declared after the receiver in the stream's state, so it runs once that receiver
+/// is dropped.
 struct RouteGuard {
     routes: SessionRoutes,
     session: SessionKey,
