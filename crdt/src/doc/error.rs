@@ -59,6 +59,9 @@ pub enum DocError {
         source: serde_json::Error,
     },
 
+    #[error("message {id:?} does not encode as a record: {reason}")]
+    RecordEncode { id: String, reason: String },
+
     #[error("{field} is {len} bytes; at most {max} are allowed", max = META_VALUE_BYTES_MAX)]
     MetaValueTooLong { field: &'static str, len: usize },
 

@@ -97,8 +97,9 @@ pub const WRITER_ACTOR_BYTES_MIN: usize = 16;
 /// Longest writer actor accepted.
 pub const WRITER_ACTOR_BYTES_MAX: usize = 32;
 
-/// Version of the document layout, stored at the root of every part by its genesis.
-const FORMAT_VERSION: u64 = 1;
+/// Version of the document layout, stored at the root of every part by its genesis. 2: a message
+/// is one record value (`doc/record.rs`) instead of one key per field.
+const FORMAT_VERSION: u64 = 2;
 
 /// Estimated resident bytes of one hydrated part before any message: an Automerge 0.12 document
 /// costs about 18 KiB of heap even when it holds a single op (its columnar op set preallocates),

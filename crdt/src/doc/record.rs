@@ -1,20 +1,17 @@
-//! How one message is stored in a segment: a map element of the `messages` list with a few scalar
-//! fields, so that the index can be rebuilt without parsing message bodies.
+//! How one message is stored in a segment: a map element of the `messages` list holding one
+//! bytes value under the key `m`, the message's record:
 //!
-//! | key | value | when |
-//! |-----|-------|------|
-//! | `i` | message id: str, or bytes for an id ending in a UUID (see [`encode_id`]) | always |
-//! | `r` | role code (uint: 0 user, 1 assistant, 2 system, 3 toolResult) | always |
-//! | `t` | timestamp, ms since the Unix epoch (int) | always |
-//! | `b` | the compact JSON of the rest of the message (str) | always |
-//! | `p` | partial checkpoint (bool) | appended only when true; always written by a replace |
-//! | `k` | idempotency key (str) | appended only when present; always written by a replace |
-//! | `a` | reply_to ids as a JSON array (str) | appended only when non-empty; always written by a replace |
+//! | bytes | what |
+//! |-------|------|
+//! | 1 | [`RECORD_VERSION`] |
+//! | rest | postcard of [`StoredRecord`]: role code, partial flag, timestamp (ms since the Unix epoch), id, idempotency key, reply_to ids, then the compact JSON of the rest of the message (content, author, model, usage...) |
 //!
-//! Keys are one letter because every key string is stored in every change: per-message sync
-//! bytes are a target (150 B + 1.2 x body). A replace writes every key, in this fixed order, so
-//! that two concurrent replaces of the same message resolve every key to the same writer (the
-//! op counters of the two changes differ by the same amount on each key) and never mix fields.
+//! One value per message because Automerge's cost is per op: a message used to be seven keys
+//! (seven ops to write, to apply on every replica and to store), and a turn's writes were most of
+//! a node's Automerge time. Ids ending in a UUID are stored as their prefix and the 16 UUID bytes
+//! (see [`StoredId`]). The body is the record's last field and is decoded borrowed, so the index
+//! view (everything but the body) is read without copying or parsing it. A replace overwrites the
+//! one value, so two concurrent replaces resolve to one writer's whole message, never a mix.
 
 use super::error::DocError;
 use super::{IDEMPOTENCY_KEY_BYTES_MAX, REPLY_TO_COUNT_MAX};
@@ -26,13 +23,10 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, AutomergeError, ObjId, ObjType, ScalarValue};
 use serde::{Deserialize, Serialize};
 
-const KEY_ID: &str = "i";
-const KEY_ROLE: &str = "r";
-pub(crate) const KEY_TIMESTAMP: &str = "t";
-const KEY_BODY: &str = "b";
-const KEY_PARTIAL: &str = "p";
-const KEY_IDEMPOTENCY: &str = "k";
-const KEY_REPLY_TO: &str = "a";
+/// The element key of the record.
+pub(crate) const KEY_RECORD: &str = "m";
+/// First byte of every record: the layout of what follows.
+const RECORD_VERSION: u8 = 1;
 
 /// Characters of a canonical UUID (lowercase hex, hyphenated 8-4-4-4-12).
 const UUID_CHARS: usize = 36;
@@ -41,56 +35,90 @@ const UUID_BYTES: usize = 16;
 const UUID_HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
 /// The stored form of a message id. Ids are UUIDs or a short prefix and a UUID (`r:<uuid>`); such
-/// an id is stored as bytes, the prefix followed by the 16 UUID bytes, which saves 20 bytes per
-/// message against the 36-character text. Any other id is stored as a string. Decoding a byte id
-/// always takes the last 16 bytes as the UUID, so the round trip is exact.
-fn encode_id(id: &str) -> ScalarValue {
-    let Some(split) = id.len().checked_sub(UUID_CHARS) else {
-        return ScalarValue::from(id);
-    };
-    let Some((prefix, uuid)) = id.split_at_checked(split) else {
-        return ScalarValue::from(id);
-    };
-    let canonical = uuid.bytes().enumerate().all(|(i, c)| {
-        if UUID_HYPHENS.contains(&i) { c == b'-' } else { matches!(c, b'0'..=b'9' | b'a'..=b'f') }
-    });
-    let hex_digits: String = uuid.chars().filter(|c| *c != '-').collect();
-    match hex::decode(&hex_digits) {
-        Ok(bytes) if canonical && bytes.len() == UUID_BYTES => {
-            let mut out = Vec::with_capacity(prefix.len() + UUID_BYTES);
-            out.extend_from_slice(prefix.as_bytes());
-            out.extend_from_slice(&bytes);
-            ScalarValue::Bytes(out)
-        }
-        _ => ScalarValue::from(id),
-    }
+/// an id is stored as the prefix and the 16 UUID bytes, which saves 20 bytes per id against the
+/// 36-character text. Any other id is stored as text; the round trip is exact either way.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredId<'a> {
+    Text(&'a str),
+    Uuid(&'a str, [u8; UUID_BYTES]),
 }
 
-fn decode_id(value: &ScalarValue) -> Option<String> {
-    match value {
-        ScalarValue::Str(s) => Some(s.to_string()),
-        ScalarValue::Bytes(bytes) => {
-            let split = bytes.len().checked_sub(UUID_BYTES)?;
-            let prefix = std::str::from_utf8(&bytes[..split]).ok()?;
-            let hex = hex::encode(&bytes[split..]);
-            let mut id = String::with_capacity(prefix.len() + UUID_CHARS);
-            id.push_str(prefix);
-            for (i, part) in [&hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]]
-                .into_iter()
-                .enumerate()
-            {
-                if i > 0 {
-                    id.push('-');
-                }
-                id.push_str(part);
+impl<'a> StoredId<'a> {
+    fn new(id: &'a str) -> StoredId<'a> {
+        let Some(split) = id.len().checked_sub(UUID_CHARS) else {
+            return StoredId::Text(id);
+        };
+        let Some((prefix, uuid)) = id.split_at_checked(split) else {
+            return StoredId::Text(id);
+        };
+        let canonical = uuid.bytes().enumerate().all(|(i, c)| {
+            if UUID_HYPHENS.contains(&i) {
+                c == b'-'
+            } else {
+                matches!(c, b'0'..=b'9' | b'a'..=b'f')
             }
-            Some(id)
+        });
+        if !canonical {
+            return StoredId::Text(id);
         }
-        _ => None,
+        let hex_digits: String = uuid.chars().filter(|c| *c != '-').collect();
+        let mut bytes = [0u8; UUID_BYTES];
+        match hex::decode_to_slice(&hex_digits, &mut bytes) {
+            Ok(()) => StoredId::Uuid(prefix, bytes),
+            Err(_) => StoredId::Text(id),
+        }
+    }
+
+    fn to_id(&self) -> String {
+        match self {
+            StoredId::Text(id) => (*id).to_owned(),
+            StoredId::Uuid(prefix, bytes) => {
+                let hex = hex::encode(bytes);
+                let mut id = String::with_capacity(prefix.len() + UUID_CHARS);
+                id.push_str(prefix);
+                for (i, part) in [&hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if i > 0 {
+                        id.push('-');
+                    }
+                    id.push_str(part);
+                }
+                id
+            }
+        }
     }
 }
 
-fn role_code(role: Role) -> u64 {
+/// The record after its version byte. The body comes last and is borrowed when decoding, so the
+/// index view costs no copy of it.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredRecord<'a> {
+    role: u8,
+    partial: bool,
+    timestamp_ms: i64,
+    #[serde(borrow)]
+    id: StoredId<'a>,
+    idempotency_key: Option<&'a str>,
+    #[serde(borrow)]
+    reply_to: Vec<StoredId<'a>>,
+    body: &'a str,
+}
+
+impl<'a> StoredRecord<'a> {
+    fn decode(bytes: &'a [u8]) -> Result<StoredRecord<'a>, String> {
+        match bytes.split_first() {
+            Some((&RECORD_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| format!("record does not decode: {e}"))
+            }
+            Some((version, _)) => Err(format!("record version {version} is not supported")),
+            None => Err("empty record".to_owned()),
+        }
+    }
+}
+
+fn role_code(role: Role) -> u8 {
     match role {
         Role::User => 0,
         Role::Assistant => 1,
@@ -99,7 +127,7 @@ fn role_code(role: Role) -> u64 {
     }
 }
 
-fn role_from_code(code: u64) -> Option<Role> {
+fn role_from_code(code: u8) -> Option<Role> {
     Some(match code {
         0 => Role::User,
         1 => Role::Assistant,
@@ -109,7 +137,7 @@ fn role_from_code(code: u64) -> Option<Role> {
     })
 }
 
-/// The part of a message stored as one JSON string (field `b`).
+/// The part of a message stored as compact JSON (the record's body).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct BodyRef<'a> {
@@ -146,12 +174,11 @@ struct Body {
     run_id: Option<String>,
 }
 
-/// A message validated and encoded into the scalar fields it is stored as.
+/// A message validated and encoded into the record it is stored as.
 #[derive(Debug)]
 pub(crate) struct Encoded<'a> {
     pub(crate) message: &'a Message,
-    body: String,
-    reply_to: Option<String>,
+    record: Vec<u8>,
 }
 
 impl<'a> Encoded<'a> {
@@ -182,23 +209,25 @@ impl<'a> Encoded<'a> {
         if body.len() > MESSAGE_BODY_BYTES_MAX {
             return Err(DocError::BodyTooLarge { id: id(), len: body.len() });
         }
-        let reply_to = if message.reply_to.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::to_string(&message.reply_to)
-                    .map_err(|source| DocError::BodyEncode { id: id(), source })?,
-            )
+        let stored = StoredRecord {
+            role: role_code(message.role),
+            partial: message.partial,
+            timestamp_ms: message.timestamp_ms,
+            id: StoredId::new(&message.id),
+            idempotency_key: message.idempotency_key.as_deref(),
+            reply_to: message.reply_to.iter().map(|r| StoredId::new(r)).collect(),
+            body: &body,
         };
-        Ok(Encoded { message, body, reply_to })
+        let mut record = Vec::with_capacity(body.len() + RECORD_OVERHEAD_BYTES);
+        record.push(RECORD_VERSION);
+        let record = postcard::to_extend(&stored, record)
+            .map_err(|e| DocError::RecordEncode { id: id(), reason: e.to_string() })?;
+        Ok(Encoded { message, record })
     }
 
-    /// Bytes of the scalar values stored for this message (what a segment's size counts).
+    /// Bytes of the stored record (what a segment's size counts).
     pub(crate) fn stored_bytes(&self) -> usize {
-        self.message.id.len()
-            + self.body.len()
-            + self.message.idempotency_key.as_ref().map_or(0, String::len)
-            + self.reply_to.as_ref().map_or(0, String::len)
+        self.record.len()
     }
 
     /// The index view of this message.
@@ -220,42 +249,23 @@ impl<'a> Encoded<'a> {
         list: &ObjId,
         pos: usize,
     ) -> Result<ObjId, AutomergeError> {
-        let m = self.message;
         let obj = doc.insert_object(list, pos, ObjType::Map)?;
-        doc.put(&obj, KEY_ID, encode_id(&m.id))?;
-        doc.put(&obj, KEY_ROLE, role_code(m.role))?;
-        doc.put(&obj, KEY_TIMESTAMP, m.timestamp_ms)?;
-        doc.put(&obj, KEY_BODY, self.body.as_str())?;
-        if m.partial {
-            doc.put(&obj, KEY_PARTIAL, true)?;
-        }
-        if let Some(key) = &m.idempotency_key {
-            doc.put(&obj, KEY_IDEMPOTENCY, key.as_str())?;
-        }
-        if let Some(reply_to) = &self.reply_to {
-            doc.put(&obj, KEY_REPLY_TO, reply_to.as_str())?;
-        }
+        doc.put(&obj, KEY_RECORD, ScalarValue::Bytes(self.record.clone()))?;
         Ok(obj)
     }
 
-    /// Overwrites the element `obj` with this message: every key, in a fixed order.
+    /// Overwrites the element `obj` with this message (its one value).
     pub(crate) fn overwrite(
         &self,
         doc: &mut AutoCommit,
         obj: &ObjId,
     ) -> Result<(), AutomergeError> {
-        let m = self.message;
-        let or_null = |s: Option<&str>| s.map_or(ScalarValue::Null, ScalarValue::from);
-        doc.put(obj, KEY_ID, encode_id(&m.id))?;
-        doc.put(obj, KEY_ROLE, role_code(m.role))?;
-        doc.put(obj, KEY_TIMESTAMP, m.timestamp_ms)?;
-        doc.put(obj, KEY_BODY, self.body.as_str())?;
-        doc.put(obj, KEY_PARTIAL, m.partial)?;
-        doc.put(obj, KEY_IDEMPOTENCY, or_null(m.idempotency_key.as_deref()))?;
-        doc.put(obj, KEY_REPLY_TO, or_null(self.reply_to.as_deref()))?;
-        Ok(())
+        doc.put(obj, KEY_RECORD, ScalarValue::Bytes(self.record.clone()))
     }
 }
+
+/// Room reserved in a record's buffer besides the body (version, role, flags, timestamp, ids).
+const RECORD_OVERHEAD_BYTES: usize = 128;
 
 fn check_message_id(id: &str) -> Result<(), DocError> {
     if id.is_empty() {
@@ -275,66 +285,57 @@ pub(crate) struct Entry {
     pub(crate) partial: bool,
     pub(crate) idempotency_key: Option<Box<str>>,
     pub(crate) reply_to: Box<[Box<str>]>,
-    /// Stored bytes of the message's scalar values.
+    /// Bytes of the stored record.
     pub(crate) bytes: u32,
 }
 
-fn field<'m>(map: &'m hydrate::Map, key: &str) -> Option<&'m ScalarValue> {
-    match map.get(key) {
-        Some(hydrate::Value::Scalar(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn str_field<'m>(map: &'m hydrate::Map, key: &str) -> Option<&'m str> {
-    field(map, key).and_then(ScalarValue::as_str)
-}
-
-fn parse_reply_to(map: &hydrate::Map) -> Result<Vec<String>, String> {
-    match str_field(map, KEY_REPLY_TO) {
-        None => Ok(Vec::new()),
-        Some(json) => serde_json::from_str(json).map_err(|e| format!("reply_to: {e}")),
+/// The record bytes of an element; `Err` says what is malformed.
+fn record_of(map: &hydrate::Map) -> Result<&[u8], String> {
+    match map.get(KEY_RECORD) {
+        Some(hydrate::Value::Scalar(ScalarValue::Bytes(bytes))) => Ok(bytes),
+        Some(_) => Err("record is not bytes".to_owned()),
+        None => Err("no record".to_owned()),
     }
 }
 
 impl Entry {
-    /// Reads the index view of a stored element; `Err` says what is malformed.
-    pub(crate) fn from_map(map: &hydrate::Map) -> Result<Entry, String> {
-        let id = field(map, KEY_ID).and_then(decode_id).ok_or("no id")?;
-        let role = field(map, KEY_ROLE)
-            .and_then(ScalarValue::as_u64)
-            .and_then(role_from_code)
-            .ok_or("no valid role")?;
-        let partial = field(map, KEY_PARTIAL).and_then(ScalarValue::as_bool).unwrap_or(false);
-        let idempotency_key = str_field(map, KEY_IDEMPOTENCY).map(Into::into);
-        let reply_to = parse_reply_to(map)?;
-        let bytes = id.len()
-            + str_field(map, KEY_BODY).map_or(0, str::len)
-            + str_field(map, KEY_IDEMPOTENCY).map_or(0, str::len)
-            + str_field(map, KEY_REPLY_TO).map_or(0, str::len);
+    fn from_record(record: &StoredRecord<'_>, bytes: usize) -> Result<Entry, String> {
         Ok(Entry {
-            id: id.as_str().into(),
-            role,
-            partial,
-            idempotency_key,
-            reply_to: reply_to.into_iter().map(Into::into).collect(),
+            id: record.id.to_id().into(),
+            role: role_from_code(record.role).ok_or("no valid role")?,
+            partial: record.partial,
+            idempotency_key: record.idempotency_key.map(Into::into),
+            reply_to: record.reply_to.iter().map(|r| r.to_id().into()).collect(),
             bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
         })
+    }
+
+    /// Reads the index view of a stored element; `Err` says what is malformed.
+    pub(crate) fn from_map(map: &hydrate::Map) -> Result<Entry, String> {
+        let bytes = record_of(map)?;
+        Entry::from_record(&StoredRecord::decode(bytes)?, bytes.len())
+    }
+}
+
+/// The timestamp of a stored record (the value under [`KEY_RECORD`]); `None` when malformed.
+pub(crate) fn record_timestamp(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::Bytes(bytes) => StoredRecord::decode(bytes).ok().map(|r| r.timestamp_ms),
+        _ => None,
     }
 }
 
 /// Reads a whole stored message; `Err` says what is malformed.
 pub(crate) fn message_from_map(map: &hydrate::Map) -> Result<Message, String> {
-    let entry = Entry::from_map(map)?;
-    let timestamp_ms =
-        field(map, KEY_TIMESTAMP).and_then(ScalarValue::as_i64).ok_or("no timestamp")?;
-    let body = str_field(map, KEY_BODY).ok_or("no body")?;
-    let body: Body = serde_json::from_str(body).map_err(|e| format!("body: {e}"))?;
+    let bytes = record_of(map)?;
+    let record = StoredRecord::decode(bytes)?;
+    let entry = Entry::from_record(&record, bytes.len())?;
+    let body: Body = serde_json::from_str(record.body).map_err(|e| format!("body: {e}"))?;
     Ok(Message {
         id: entry.id.into(),
         role: entry.role,
         content: body.content,
-        timestamp_ms,
+        timestamp_ms: record.timestamp_ms,
         author: body.author,
         model: body.model,
         provider: body.provider,
@@ -351,6 +352,13 @@ pub(crate) fn message_from_map(map: &hydrate::Map) -> Result<Message, String> {
 mod tests {
     use super::*;
 
+    fn element(record: ScalarValue) -> hydrate::Map {
+        hydrate::Map::from(std::collections::HashMap::from([(
+            KEY_RECORD,
+            hydrate::Value::Scalar(record),
+        )]))
+    }
+
     #[test]
     fn uuid_ids_are_stored_as_bytes_and_read_back_exactly() {
         for id in [
@@ -358,9 +366,9 @@ mod tests {
             "r:0f8fad5b-d9cb-469f-a165-70867728950e",
             "prefix with ünïcode:0f8fad5b-d9cb-469f-a165-70867728950e",
         ] {
-            let stored = encode_id(id);
-            assert!(matches!(&stored, ScalarValue::Bytes(b) if b.len() == id.len() - 20), "{id}");
-            assert_eq!(decode_id(&stored).as_deref(), Some(id));
+            let stored = StoredId::new(id);
+            assert!(matches!(&stored, StoredId::Uuid(p, _) if p.len() == id.len() - UUID_CHARS));
+            assert_eq!(stored.to_id(), id);
         }
         for id in [
             "0F8FAD5B-D9CB-469F-A165-70867728950E",
@@ -370,8 +378,41 @@ mod tests {
             "m1",
             "ü",
         ] {
-            assert_eq!(encode_id(id), ScalarValue::from(id), "{id}");
-            assert_eq!(decode_id(&encode_id(id)).as_deref(), Some(id));
+            assert_eq!(StoredId::new(id), StoredId::Text(id), "{id}");
+            assert_eq!(StoredId::new(id).to_id(), id);
         }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_its_index_view_skips_the_body() {
+        let mut m = Message::user_text("0f8fad5b-d9cb-469f-a165-70867728950e", "hello", 1_700);
+        m.idempotency_key = Some("key-1".into());
+        m.reply_to = vec!["u1".into(), "r:0f8fad5b-d9cb-469f-a165-70867728950e".into()];
+        m.partial = true;
+        let encoded = Encoded::new(&m).unwrap_or_else(|e| panic!("{e}"));
+        let map = element(ScalarValue::Bytes(encoded.record.clone()));
+        assert_eq!(message_from_map(&map), Ok(m.clone()));
+        assert_eq!(Entry::from_map(&map), Ok(encoded.entry()));
+        let value = ScalarValue::Bytes(encoded.record.clone());
+        assert_eq!(record_timestamp(&value), Some(1_700));
+    }
+
+    #[test]
+    fn malformed_records_are_named_not_panicked_on() {
+        let cases: [(&[u8], &str); 3] = [
+            (&[], "empty record"),
+            (&[9, 1, 2], "record version 9 is not supported"),
+            (&[RECORD_VERSION, 0xff, 0xff], "record does not decode"),
+        ];
+        for (bytes, expected) in cases {
+            let map = element(ScalarValue::Bytes(bytes.to_vec()));
+            let err = Entry::from_map(&map).expect_err("malformed");
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let map = hydrate::Map::from(std::collections::HashMap::from([(
+            "i",
+            hydrate::Value::Scalar(ScalarValue::from("old layout")),
+        )]));
+        assert_eq!(Entry::from_map(&map), Err("no record".to_owned()));
     }
 }

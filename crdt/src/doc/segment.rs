@@ -8,7 +8,7 @@
 
 use super::error::DocError;
 use super::part::{KEY_MESSAGES, Part, genesis_object};
-use super::record::{Encoded, Entry, KEY_TIMESTAMP, message_from_map};
+use super::record::{Encoded, Entry, KEY_RECORD, message_from_map, record_timestamp};
 use crate::message::Message;
 use crate::types::PartId;
 use automerge::legacy::{ObjectId, OpId, OpType};
@@ -312,8 +312,8 @@ impl Segment {
     /// The timestamp of the message at `pos`, read alone; `None` when it has none.
     pub(crate) fn read_timestamp(&self, pos: usize) -> Option<i64> {
         let obj = self.objs.get(pos)?;
-        match self.part.doc.get(obj, KEY_TIMESTAMP) {
-            Ok(Some((automerge::Value::Scalar(s), _))) => s.as_i64(),
+        match self.part.doc.get(obj, KEY_RECORD) {
+            Ok(Some((automerge::Value::Scalar(s), _))) => record_timestamp(&s),
             _ => None,
         }
     }

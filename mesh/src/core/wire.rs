@@ -13,10 +13,11 @@ use super::api::{RequestBody, RequestError, Response};
 use super::ids::{Epoch, Generation, Member, NodeId};
 use super::turn::{RunRef, TurnEvent};
 
-/// The protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol this build speaks. 2: session documents store a message as one record value
+/// (format 2 of `beamclaw_crdt`); a node of protocol 1 could not read what it would be sent.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol this build still accepts.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 
 /// Largest frame on a stream, in bytes: a sync message of one full segment plus the envelope.
 pub const FRAME_BYTES_MAX: usize = 24 * 1024 * 1024;
