@@ -7,7 +7,7 @@
 //! whatever was in flight for the dead process (timers, write completions, turn steps, frames)
 //! is discarded.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -260,6 +260,8 @@ pub struct World {
     /// Counters of node processes that ended (crashed or stopped).
     counters_gone: Counters,
     pub member_notes: Vec<MemberNote>,
+    /// Where the next `membership_converged` poll starts (see there).
+    converged_from: Cell<usize>,
 }
 
 impl World {
@@ -340,6 +342,7 @@ impl World {
             ticks: 0,
             counters_gone: Counters::default(),
             member_notes: Vec::new(),
+            converged_from: Cell::new(0),
             cfg,
         };
         for i in 0..world.schedule.len() {
@@ -1500,11 +1503,26 @@ impl World {
     /// Whether every running node sees exactly the running nodes as live.
     pub fn membership_converged(&self) -> bool {
         let running: BTreeSet<NodeId> = self.running_ids().into_iter().collect();
-        self.slots.iter().filter(|s| s.running()).all(|s| {
-            s.node
-                .as_ref()
-                .is_some_and(|n| n.live_members().into_iter().collect::<BTreeSet<_>>() == running)
-        })
+        // Polls start at the node the last poll found behind: it usually still is, so a poll
+        // while a large cluster forms costs one view, not one per node that already caught up.
+        let count = self.slots.len();
+        let start = self.converged_from.get().min(count);
+        for i in (start..count).chain(0..start) {
+            let slot = &self.slots[i];
+            if !slot.running() {
+                continue;
+            }
+            let sees_all = slot.node.as_ref().is_some_and(|n| {
+                let live = n.live_members();
+                // A view shorter than the running set cannot cover it.
+                live.len() >= running.len() && live.into_iter().collect::<BTreeSet<_>>() == running
+            });
+            if !sees_all {
+                self.converged_from.set(i);
+                return false;
+            }
+        }
+        true
     }
 
     fn replicas_converged(&self) -> bool {
