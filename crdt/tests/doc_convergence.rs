@@ -221,7 +221,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 
     let digests: Vec<_> = replicas.iter_mut().map(|r| r.doc.heads_digest()).collect();
     prop_assert!(digests.iter().all(|d| *d == digests[0]), "digests differ: {digests:?}");
-    let histories: Vec<Vec<Message>> =
+    let histories: Vec<Vec<std::sync::Arc<Message>>> =
         replicas.iter().map(|r| r.doc.history(HISTORY_LIMIT_MAX, None).unwrap()).collect();
     for history in &histories[1..] {
         prop_assert_eq!(history, &histories[0]);

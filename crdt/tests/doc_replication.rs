@@ -22,7 +22,7 @@ fn user(id: &str, text: &str) -> Message {
     Message::user_text(id, text, 1_700_000_000_000)
 }
 
-fn ids(messages: &[Message]) -> Vec<String> {
+fn ids(messages: &[std::sync::Arc<Message>]) -> Vec<String> {
     messages.iter().map(|m| m.id.clone()).collect()
 }
 
@@ -402,8 +402,8 @@ fn an_empty_placeholder_fills_in_from_chunks_and_from_sync() {
     }
 }
 
-fn texts(messages: &[Message]) -> Vec<String> {
-    messages.iter().map(Message::text_content).collect()
+fn texts(messages: &[std::sync::Arc<Message>]) -> Vec<String> {
+    messages.iter().map(|m| m.text_content()).collect()
 }
 
 /// History reads keep decoded copies of the messages; every later change, local or remote, must

@@ -29,8 +29,8 @@ fn reply(id: &str, to: &[&str], partial: bool) -> Message {
     m
 }
 
-fn ids(messages: &[Message]) -> Vec<String> {
-    messages.iter().map(|m| m.id.clone()).collect()
+fn ids<M: std::borrow::Borrow<Message>>(messages: &[M]) -> Vec<String> {
+    messages.iter().map(|m| m.borrow().id.clone()).collect()
 }
 
 fn reload(doc: &mut SessionDoc, incarnation: u64) -> SessionDoc {

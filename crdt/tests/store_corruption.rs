@@ -69,7 +69,8 @@ fn overwrite_last_chunk(dir: &std::path::Path, key: &SessionKey, garbage: &[u8])
 fn assert_loads_in_full(store: &Store, n: usize) {
     let doc = store.load_session(&key(n), &actor()).unwrap().unwrap();
     assert_eq!(doc.message_count(), MESSAGES, "session {n}");
-    let ids: Vec<String> = doc.history(MESSAGES, None).unwrap().into_iter().map(|m| m.id).collect();
+    let ids: Vec<String> =
+        doc.history(MESSAGES, None).unwrap().iter().map(|m| m.id.clone()).collect();
     assert_eq!(ids, (0..MESSAGES).map(|m| format!("m{n}-{m}")).collect::<Vec<_>>());
 }
 

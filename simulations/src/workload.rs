@@ -251,6 +251,7 @@ impl Workload {
                 Outcome::Failed { msg, error }
             }
             (ReqKind::Read(session), Ok(Response::History { messages, .. })) => {
+                let messages = messages.into_iter().map(std::sync::Arc::unwrap_or_clone).collect();
                 Outcome::History { session, messages }
             }
             (ReqKind::Read(_), _) => Outcome::Ignored,

@@ -1664,7 +1664,11 @@ impl World {
                     })
                 });
                 match copy {
-                    Some((heads, Ok(history))) => copies.push((j, heads, history)),
+                    Some((heads, Ok(history))) => copies.push((
+                        j,
+                        heads,
+                        history.into_iter().map(std::sync::Arc::unwrap_or_clone).collect(),
+                    )),
                     Some((_, Err(e))) => {
                         let detail = format!("history of n{j}'s copy unreadable: {e}");
                         self.checker.fail(
@@ -1916,8 +1920,8 @@ impl World {
                 let mut ids: Vec<String> = doc
                     .history(HISTORY_LIMIT_MAX, None)
                     .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .map(|m| m.id)
+                    .iter()
+                    .map(|m| m.id.clone())
                     .collect();
                 ids.push(format!("current={}", doc.session_id()));
                 for a in doc.archives().map_err(|e| e.to_string())? {

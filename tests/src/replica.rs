@@ -57,6 +57,7 @@ pub fn read(data_dir: &Path, session: &str) -> Result<Option<Replica>> {
         .history(HISTORY_LIMIT_MAX, None)?
         .into_iter()
         .map(|m| {
+            let m = std::sync::Arc::unwrap_or_clone(m);
             let text = m
                 .content
                 .iter()

@@ -37,6 +37,7 @@ use automerge::sync::SyncDoc;
 use part::Part;
 use segment::{Refresh, Segment};
 use std::collections::{BTreeMap, btree_map};
+use std::sync::Arc;
 use transcript::{Loc, Segments, Transcript, part_id};
 
 /// Messages after which the newest segment rolls over. Measured (docs/benchmarks.md, "Session
@@ -491,7 +492,9 @@ impl SessionDoc {
     /// The message shown for `id` in the current transcript.
     pub fn get(&self, id: &str) -> Result<Option<Message>, DocError> {
         match (self.index.locate(id), self.segments()) {
-            (Some(loc), Some(segments)) => Transcript::read(segments, &self.session_id, loc),
+            (Some(loc), Some(segments)) => {
+                Ok(Transcript::read(segments, &self.session_id, loc)?.map(Arc::unwrap_or_clone))
+            }
             _ => Ok(None),
         }
     }
@@ -509,7 +512,13 @@ impl SessionDoc {
 
     /// Up to `limit` (at most [`HISTORY_LIMIT_MAX`]) newest messages of the current transcript
     /// strictly before message `before` (or the newest when `None`), oldest first, each id once.
-    pub fn history(&self, limit: usize, before: Option<&str>) -> Result<Vec<Message>, DocError> {
+    /// The messages are shared with the document's decoded copies (every turn reads its history,
+    /// and copying hundreds of messages was a large part of a turn's cost).
+    pub fn history(
+        &self,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<Arc<Message>>, DocError> {
         let limit = limit.min(HISTORY_LIMIT_MAX);
         match self.segments() {
             Some(segments) => self.index.history(segments, &self.session_id, limit, before),
@@ -530,7 +539,7 @@ impl SessionDoc {
         session_id: &str,
         limit: usize,
         before: Option<&str>,
-    ) -> Result<Vec<Message>, DocError> {
+    ) -> Result<Vec<Arc<Message>>, DocError> {
         if session_id == self.session_id {
             return self.history(limit, before);
         }
@@ -551,7 +560,7 @@ impl SessionDoc {
         &self,
         session_id: &str,
         before: Option<&str>,
-    ) -> Result<Vec<Message>, DocError> {
+    ) -> Result<Vec<Arc<Message>>, DocError> {
         match before {
             None => Ok(Vec::new()),
             Some(id) => Err(DocError::UnknownMessage {

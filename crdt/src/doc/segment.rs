@@ -14,6 +14,7 @@ use crate::types::PartId;
 use automerge::legacy::{ObjectId, OpId, OpType};
 use automerge::{ActorId, Change, ChangeHash, ObjId, ObjType, ReadDoc, hydrate};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// How the index view of a segment changed after remote changes were applied.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub(crate) struct Segment {
 /// The decoded copies of a segment's messages (`None`: not read yet, or changed since).
 #[derive(Debug, Default)]
 struct Decoded {
-    messages: Vec<Option<Message>>,
+    messages: Vec<Option<Arc<Message>>>,
     /// Stored bytes of the messages held (the slots' `bytes`), for the memory estimate.
     bytes: usize,
 }
@@ -318,18 +319,19 @@ impl Segment {
         }
     }
 
-    /// Reads the whole message at `pos`; `Ok(None)` when the element is malformed (logged).
-    pub(crate) fn read(&self, id: &PartId, pos: usize) -> Result<Option<Message>, DocError> {
+    /// Reads the whole message at `pos` (shared with the decoded copy); `Ok(None)` when the
+    /// element is malformed (logged).
+    pub(crate) fn read(&self, id: &PartId, pos: usize) -> Result<Option<Arc<Message>>, DocError> {
         let mut decoded = self.decoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(Some(message)) = decoded.messages.get(pos) {
-            return Ok(Some(message.clone()));
+            return Ok(Some(Arc::clone(message)));
         }
-        let message = self.read_uncached(id, pos)?;
+        let message = self.read_uncached(id, pos)?.map(Arc::new);
         if let (Some(m), Some(Some(entry))) = (&message, self.slots.get(pos)) {
             if decoded.messages.len() <= pos {
                 decoded.messages.resize(pos + 1, None);
             }
-            decoded.messages[pos] = Some(m.clone());
+            decoded.messages[pos] = Some(Arc::clone(m));
             decoded.bytes += entry.bytes as usize;
         }
         Ok(message)

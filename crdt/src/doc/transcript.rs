@@ -18,6 +18,7 @@ use super::segment::Segment;
 use crate::message::{Message, Role};
 use crate::types::PartId;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Most history slots reserved up front, however large the requested limit.
 const HISTORY_PREALLOCATE_MAX: usize = 256;
@@ -192,7 +193,7 @@ impl Transcript {
         segments: &Segments,
         session_id: &str,
         loc: Loc,
-    ) -> Result<Option<Message>, DocError> {
+    ) -> Result<Option<Arc<Message>>, DocError> {
         match segments.get(&loc.segment) {
             Some(segment) => segment.read(&part_id(session_id, loc.segment), loc.pos as usize),
             None => Ok(None),
@@ -212,7 +213,7 @@ impl Transcript {
                 && !self.answered.contains(&entry.id)
                 && let Some(message) = Self::read(segments, session_id, loc)?
             {
-                out.push(message);
+                out.push(Arc::unwrap_or_clone(message));
             }
         }
         Ok(out)
@@ -226,7 +227,7 @@ impl Transcript {
         session_id: &str,
         limit: usize,
         before: Option<&str>,
-    ) -> Result<Vec<Message>, DocError> {
+    ) -> Result<Vec<Arc<Message>>, DocError> {
         let end = match before {
             None => None,
             Some(id) => Some(self.locate(id).ok_or_else(|| DocError::UnknownMessage {

@@ -224,8 +224,9 @@ pub enum Response {
     },
     History {
         session_id: String,
+        /// Shared with the owner's decoded copies when read locally (a turn reads its history).
         #[serde(with = "super::wire::as_json")]
-        messages: Vec<Message>,
+        messages: Vec<std::sync::Arc<Message>>,
         meta: Box<beamclaw_crdt::doc::SessionMeta>,
         /// More messages exist before the first one returned.
         more: bool,

@@ -343,7 +343,7 @@ impl Harness {
     }
 
     /// History of `session` as node `i` holds it.
-    pub fn history(&mut self, i: usize, session: &SessionKey) -> Vec<Message> {
+    pub fn history(&mut self, i: usize, session: &SessionKey) -> Vec<std::sync::Arc<Message>> {
         self.node(i).read_doc(session, |d| d.history(1000, None).unwrap()).unwrap_or_default()
     }
 

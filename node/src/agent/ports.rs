@@ -41,7 +41,7 @@ pub trait HistoryReader: Send + Sync {
         &'a self,
         session: &'a SessionKey,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Message>, PortError>>;
+    ) -> BoxFuture<'a, Result<Vec<Arc<Message>>, PortError>>;
 }
 
 /// Where a turn's results go. Every write carries the epoch; the implementation refuses stale
@@ -229,10 +229,14 @@ impl HistoryReader for MemorySessions {
         &'a self,
         session: &'a SessionKey,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Message>, PortError>> {
+    ) -> BoxFuture<'a, Result<Vec<Arc<Message>>, PortError>> {
         let sessions = self.lock();
         let messages = match sessions.get(session) {
-            Some(log) => log.messages[log.messages.len().saturating_sub(limit)..].to_vec(),
+            Some(log) => log.messages[log.messages.len().saturating_sub(limit)..]
+                .iter()
+                .cloned()
+                .map(Arc::new)
+                .collect(),
             None => Vec::new(),
         };
         Box::pin(async move { Ok(messages) })

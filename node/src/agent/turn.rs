@@ -129,7 +129,7 @@ struct PendingCall {
 /// timeout still knows the partial output.
 struct TurnState {
     final_id: String,
-    context: Vec<Message>,
+    context: Vec<Arc<Message>>,
     reply_to: Vec<String>,
     absorbed: Vec<RunRef>,
     model: Option<ModelRef>,
@@ -224,9 +224,10 @@ impl TurnRunner {
         let final_id = format!("r:{}", turn.run_id);
         let mut context = conversation(history, &turn.messages, &final_id);
         if let Some(note) = note {
-            context.push(Message::text(format!("n:{}", turn.run_id), Role::System, note, now_ms()));
+            let note = Message::text(format!("n:{}", turn.run_id), Role::System, note, now_ms());
+            context.push(Arc::new(note));
         }
-        context.extend(turn.messages.iter().cloned());
+        context.extend(turn.messages.iter().cloned().map(Arc::new));
         let mut state = TurnState {
             final_id,
             context,
@@ -426,7 +427,7 @@ impl TurnRunner {
             .append(&turn.session, turn.epoch, vec![call_message.clone()])
             .await
             .map_err(output_ending)?;
-        state.context.push(call_message);
+        state.context.push(Arc::new(call_message));
         state.text.clear();
         state.thinking.clear();
         let ctx = ToolContext {
@@ -500,7 +501,7 @@ impl TurnRunner {
                 .append(&turn.session, turn.epoch, vec![result.clone()])
                 .await
                 .map_err(output_ending)?;
-            state.context.push(result);
+            state.context.push(Arc::new(result));
         }
         Ok(())
     }
@@ -513,7 +514,7 @@ impl TurnRunner {
             tracing::debug!(run_id = %s.run_id, "steering message injected at a tool boundary");
             for m in s.messages.iter() {
                 if !state.context.iter().any(|c| c.id == m.id) {
-                    state.context.push(m.clone());
+                    state.context.push(Arc::new(m.clone()));
                 }
                 state.reply_to.push(m.id.clone());
             }
@@ -702,10 +703,10 @@ impl TurnRunner {
 ///
 /// Runs once per turn over the whole history, so it decides the order on indices and borrowed
 /// ids, then moves each message once (no copy of the transcript).
-fn conversation(history: Vec<Message>, own: &[Message], final_id: &str) -> Vec<Message> {
+fn conversation(history: Vec<Arc<Message>>, own: &[Message], final_id: &str) -> Vec<Arc<Message>> {
     // A turn's own messages are few (one, or the requests a `collect` merged).
     let is_own = |m: &Message| own.iter().any(|o| o.id == m.id);
-    let first_own = history.iter().position(is_own);
+    let first_own = history.iter().position(|m| is_own(m));
     let mut answered_by: HashMap<&str, &str> = HashMap::new();
     for m in &history {
         if let Some(run) = &m.run_id {
@@ -743,7 +744,7 @@ fn conversation(history: Vec<Message>, own: &[Message], final_id: &str) -> Vec<M
     order.extend(deferred.iter().map(|(user, _)| *user));
     drop(answered_by);
     drop(deferred);
-    let mut slots: Vec<Option<Message>> = history.into_iter().map(Some).collect();
+    let mut slots: Vec<Option<Arc<Message>>> = history.into_iter().map(Some).collect();
     order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
@@ -799,19 +800,23 @@ mod tests {
         m
     }
 
-    fn ids(messages: &[Message]) -> Vec<&str> {
+    fn ids(messages: &[Arc<Message>]) -> Vec<&str> {
         messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    fn shared(messages: Vec<Message>) -> Vec<Arc<Message>> {
+        messages.into_iter().map(Arc::new).collect()
     }
 
     #[test]
     fn queued_messages_are_ordered_before_their_replies_and_later_ones_left_out() {
         // Arrival order in the transcript: u1, u2 and u3 arrived while A (answering u1) ran.
-        let history = vec![user("u1"), user("u2"), user("u3"), reply("A", &["u1"])];
+        let history = shared(vec![user("u1"), user("u2"), user("u3"), reply("A", &["u1"])]);
         // Turn B answers u2: u3 is still queued behind it.
         let context = conversation(history.clone(), &[user("u2")], "r:B");
         assert_eq!(ids(&context), vec!["u1", "r:A"]);
         let mut history = history;
-        history.push(reply("B", &["u2"]));
+        history.push(Arc::new(reply("B", &["u2"])));
         let context = conversation(history, &[user("u3")], "r:C");
         assert_eq!(ids(&context), vec!["u1", "r:A", "u2", "r:B"]);
     }
@@ -820,7 +825,7 @@ mod tests {
     fn unanswered_earlier_messages_stay_and_own_checkpoint_is_dropped() {
         let mut checkpoint = Message::text("r:T", Role::Assistant, "par", 0);
         checkpoint.partial = true;
-        let history = vec![user("lost"), user("u"), checkpoint];
+        let history = shared(vec![user("lost"), user("u"), checkpoint]);
         let context = conversation(history, &[user("u")], "r:T");
         assert_eq!(ids(&context), vec!["lost"]);
     }

@@ -98,7 +98,7 @@ impl ApprovalLog for MeshLog {
                 read += messages.len();
                 let found = stop_at.as_ref().is_some_and(|s| messages.iter().any(|m| &m.id == s));
                 before = messages.first().map(|m| m.id.clone());
-                pages.push(messages);
+                pages.push(messages.into_iter().map(std::sync::Arc::unwrap_or_clone).collect());
                 if found || !more || before.is_none() || read >= RECORDS_READ_MAX {
                     break;
                 }

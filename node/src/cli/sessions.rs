@@ -828,7 +828,7 @@ fn messages(doc: &SessionDoc, limit: Option<usize>) -> Result<Vec<Message>, DocE
         before = Some(first.id.clone());
         let full = page.len() == HISTORY_LIMIT_MAX;
         count += page.len();
-        pages.push(page);
+        pages.push(page.into_iter().map(std::sync::Arc::unwrap_or_clone).collect());
         if !full {
             break;
         }

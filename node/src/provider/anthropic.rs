@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The `anthropic-version` header value.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -109,7 +110,7 @@ impl Serialize for WireTools<'_> {
 /// The transcript as API messages. Consecutive messages of one role become one message (tool
 /// results after a tool call must all be in the next user message); system messages went into
 /// `system` and messages with nothing to send are left out, without splitting a run.
-struct WireMessages<'a>(&'a [Message]);
+struct WireMessages<'a>(&'a [Arc<Message>]);
 
 /// The API role a message is sent under, or `None` when it is not sent as a message.
 fn wire_role(message: &Message) -> Option<&'static str> {
@@ -151,7 +152,7 @@ impl Serialize for WireMessages<'_> {
 /// One API message: the blocks of a run of transcript messages of one role.
 struct WireMessage<'a> {
     role: &'static str,
-    messages: &'a [Message],
+    messages: &'a [Arc<Message>],
 }
 
 impl Serialize for WireMessage<'_> {
@@ -641,7 +642,7 @@ mod tests {
         let request = ProviderRequest {
             model: "claude-x",
             system: "be brief",
-            messages: &messages,
+            messages: &messages.into_iter().map(std::sync::Arc::new).collect::<Vec<_>>(),
             tools: &[],
             max_tokens: 100,
             thinking: ThinkingLevel::Off,
@@ -695,7 +696,7 @@ mod tests {
         let request = ProviderRequest {
             model: "claude-x",
             system: "be brief",
-            messages: &messages,
+            messages: &messages.into_iter().map(std::sync::Arc::new).collect::<Vec<_>>(),
             tools: &tools,
             max_tokens: 100,
             thinking: ThinkingLevel::Minimal,

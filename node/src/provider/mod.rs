@@ -61,7 +61,7 @@ pub struct ProviderRequest<'a> {
     /// The model id without its provider prefix (`claude-sonnet-4-5`, not `anthropic/...`).
     pub model: &'a str,
     pub system: &'a str,
-    pub messages: &'a [Message],
+    pub messages: &'a [Arc<Message>],
     pub tools: &'a [ToolDefinition],
     pub max_tokens: u32,
     pub thinking: ThinkingLevel,

@@ -193,7 +193,7 @@ mod tests {
         reply(&ProviderRequest {
             model: OFFLINE_MODEL_ID,
             system: "sys",
-            messages: &messages,
+            messages: &messages.into_iter().map(std::sync::Arc::new).collect::<Vec<_>>(),
             tools: &[],
             max_tokens: 100,
             thinking: ThinkingLevel::Off,

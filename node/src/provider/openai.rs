@@ -481,7 +481,7 @@ mod tests {
         let request = ProviderRequest {
             model: "gpt-x",
             system: "sys",
-            messages: &messages,
+            messages: &messages.into_iter().map(std::sync::Arc::new).collect::<Vec<_>>(),
             tools: &tools,
             max_tokens: 50,
             thinking: ThinkingLevel::Off,

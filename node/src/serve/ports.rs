@@ -58,7 +58,7 @@ impl HistoryReader for MeshPorts {
         &'a self,
         session: &'a SessionKey,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Message>, PortError>> {
+    ) -> BoxFuture<'a, Result<Vec<Arc<Message>>, PortError>> {
         Box::pin(async move {
             let body = RequestBody::Read { limit: limit.clamp(1, HISTORY_LIMIT_MAX), before: None };
             match self.mesh.request(session.clone(), body).await {

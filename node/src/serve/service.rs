@@ -666,7 +666,7 @@ impl GatewayService for NodeService {
         match self.request(&query.session, RequestBody::Read { limit, before: None }).await? {
             Response::History { session_id, messages, meta, .. } => Ok(ChatHistory {
                 session_id,
-                messages,
+                messages: messages.into_iter().map(Arc::unwrap_or_clone).collect(),
                 thinking_level: meta.thinking_level.clone(),
             }),
             other => Err(ServiceError::Unavailable {

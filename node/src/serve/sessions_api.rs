@@ -86,6 +86,8 @@ impl SessionsApi for MeshSessions {
             let limit = limit.clamp(1, beamclaw_crdt::HISTORY_LIMIT_MAX);
             match self.request(key, RequestBody::Read { limit, before: None }).await? {
                 Response::History { session_id, messages, meta, more } => {
+                    let messages =
+                        messages.into_iter().map(std::sync::Arc::unwrap_or_clone).collect();
                     Ok(SessionRead { session_id, meta: *meta, messages, more })
                 }
                 other => Err(unexpected(other)),
