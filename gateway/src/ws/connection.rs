@@ -44,6 +44,9 @@ pub(crate) const IN_FLIGHT_REQUESTS_MAX: usize = 64;
 const IN_FLIGHT_RETRY_AFTER_MS: u64 = 100;
 /// Time the writer gets to deliver a close frame to a client that may not be reading, ms.
 const CLOSE_WRITE_TIMEOUT_MS: u64 = 1_000;
+/// Frames the writer hands to the socket with one flush at most (latency of the first one stays
+/// bounded by this many frame encodings).
+const WRITE_BATCH_FRAMES_MAX: usize = 64;
 /// Time the reader waits for the writer to flush after the connection ended, ms.
 const WRITER_DRAIN_TIMEOUT_MS: u64 = 2_000;
 /// A close reason is at most 123 bytes (RFC 6455: 125 minus the 2-byte code).
@@ -89,7 +92,19 @@ pub(crate) async fn run<S, T>(
             while let Some(frame) = writer_queue.pop().await {
                 match frame {
                     Frame::Text(text) => {
-                        if let Err(err) = sink.send(Message::text(text)).await {
+                        // Frames queued meanwhile (a turn's events come in bursts) go out with
+                        // this one in one flush: one write instead of one per frame.
+                        let mut batch = 1;
+                        let mut written = sink.feed(Message::text(text)).await;
+                        while written.is_ok() && batch < WRITE_BATCH_FRAMES_MAX {
+                            let Some(text) = writer_queue.try_pop_text() else { break };
+                            written = sink.feed(Message::text(text)).await;
+                            batch += 1;
+                        }
+                        if let Err(err) = match written {
+                            Ok(()) => sink.flush().await,
+                            Err(err) => Err(err),
+                        } {
                             tracing::debug!(error = %err, "write failed");
                             writer_queue.close(1006, "write failed");
                             break;

@@ -152,6 +152,15 @@ impl Outbound {
         }
     }
 
+    /// The next text frame if one is queued now (never the close frame, never waits): the writer
+    /// takes what is already queued after [`Self::pop`] and writes it with one flush.
+    pub(crate) fn try_pop_text(&self) -> Option<String> {
+        let mut state = self.lock();
+        let text = state.frames.pop_front()?;
+        state.bytes -= text.len();
+        Some(text)
+    }
+
     /// Bytes currently queued.
     #[cfg(test)]
     pub(crate) fn queued_bytes(&self) -> usize {
@@ -177,6 +186,20 @@ mod tests {
         }
         assert_eq!(out.pop().await, Some(Frame::Close { code: 1000, reason: "bye".into() }));
         assert_eq!(out.pop().await, None);
+    }
+
+    #[tokio::test]
+    async fn try_pop_text_takes_only_queued_text_and_leaves_the_close_to_pop() {
+        let out = Outbound::new(1024);
+        assert_eq!(out.try_pop_text(), None);
+        out.push("a".into()).unwrap();
+        out.push("b".into()).unwrap();
+        out.close(1000, "bye");
+        assert_eq!(out.try_pop_text().as_deref(), Some("a"));
+        assert_eq!(out.try_pop_text().as_deref(), Some("b"));
+        assert_eq!(out.queued_bytes(), 0);
+        assert_eq!(out.try_pop_text(), None);
+        assert_eq!(out.pop().await, Some(Frame::Close { code: 1000, reason: "bye".into() }));
     }
 
     #[tokio::test]
