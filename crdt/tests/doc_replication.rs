@@ -406,6 +406,42 @@ fn texts(messages: &[std::sync::Arc<Message>]) -> Vec<String> {
     messages.iter().map(|m| m.text_content()).collect()
 }
 
+/// Across a partition a stale owner may write a checkpoint of a reply while the new owner writes
+/// the final reply over the same element. Whichever of the two Automerge shows as the winner,
+/// every replica must show the final reply: a checkpoint never hides the reply that replaced it.
+#[test]
+fn a_concurrent_checkpoint_never_hides_the_final_reply() {
+    for stale_is_a in [true, false] {
+        let (mut a, mut b) = (replica("a", "s1"), replica("b", "s1"));
+        let mut partial = Message::text("r:1", Role::Assistant, "partial", 1_700_000_000_001);
+        partial.partial = true;
+        a.upsert(&user("u:1", "question")).unwrap();
+        a.upsert(&partial).unwrap();
+        push(&mut a, &mut b);
+        // Partition: the stale owner checkpoints again, the new owner finishes the reply.
+        let (stale, owner) = if stale_is_a { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        let mut later = Message::text("r:1", Role::Assistant, "longer partial", 1_700_000_000_003);
+        later.partial = true;
+        stale.upsert(&later).unwrap();
+        owner.upsert(&Message::text("r:1", Role::Assistant, "final", 1_700_000_000_002)).unwrap();
+        // Heal.
+        push(&mut a, &mut b);
+        push(&mut b, &mut a);
+        for doc in [&a, &b] {
+            let history = doc.history(100, None).unwrap();
+            assert_eq!(texts(&history), ["question", "final"], "stale_is_a={stale_is_a}");
+            assert!(!history[1].partial);
+            assert_eq!(doc.get("r:1").unwrap().map(|m| m.text_content()).as_deref(), Some("final"));
+        }
+        assert_eq!(a.heads_digest(), b.heads_digest());
+        // A checkpoint arriving after the final reply (a stale owner that has the reply but not
+        // yet the new owner record) changes nothing.
+        let outcome = a.upsert(&later).unwrap();
+        assert_eq!(outcome, beamclaw_crdt::AppendOutcome::Duplicate);
+        assert_eq!(texts(&a.history(100, None).unwrap()), ["question", "final"]);
+    }
+}
+
 /// History reads keep decoded copies of the messages; every later change, local or remote, must
 /// show in the next read exactly as a fresh replica would show it.
 #[test]

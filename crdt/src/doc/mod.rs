@@ -406,9 +406,14 @@ impl SessionDoc {
     }
 
     /// Appends the message, or overwrites the one with the same id (a partial checkpoint
-    /// replaced by the next checkpoint or the final message).
+    /// replaced by the next checkpoint or the final message). A checkpoint never replaces a final
+    /// message: a stale owner that already received the new owner's reply may still checkpoint
+    /// its own run of the turn, and that must not hide the reply (`Duplicate`, nothing written).
     pub fn upsert(&mut self, message: &Message) -> Result<AppendOutcome, DocError> {
         let encoded = record::Encoded::new(message)?;
+        if message.partial && self.shown_entry(&message.id).is_some_and(|e| !e.partial) {
+            return Ok(AppendOutcome::Duplicate);
+        }
         if self.index.contains(&message.id) {
             self.overwrite_shown(&encoded)?;
             Ok(AppendOutcome::Replaced)
@@ -416,6 +421,12 @@ impl SessionDoc {
             self.append_encoded(&encoded)?;
             Ok(AppendOutcome::Appended)
         }
+    }
+
+    /// The index view of the element shown for `id`.
+    fn shown_entry(&self, id: &str) -> Option<&record::Entry> {
+        let loc = self.index.locate(id)?;
+        self.segments()?.get(&loc.segment)?.slots.get(loc.pos as usize)?.as_ref()
     }
 
     /// Overwrites the message with the same id; an unknown id is an error.

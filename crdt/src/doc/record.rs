@@ -289,13 +289,33 @@ pub(crate) struct Entry {
     pub(crate) bytes: u32,
 }
 
-/// The record bytes of an element; `Err` says what is malformed.
-fn record_of(map: &hydrate::Map) -> Result<&[u8], String> {
-    match map.get(KEY_RECORD) {
-        Some(hydrate::Value::Scalar(ScalarValue::Bytes(bytes))) => Ok(bytes),
-        Some(_) => Err("record is not bytes".to_owned()),
+/// The record bytes of an element and whether concurrent writers left several values (then
+/// the caller resolves them with [`pick_record`]); `Err` says what is malformed.
+pub(crate) fn record_of(map: &hydrate::Map) -> Result<(&[u8], bool), String> {
+    match map.iter().find(|(key, _)| key.as_str() == KEY_RECORD) {
+        Some((_, v)) => match &v.value {
+            hydrate::Value::Scalar(ScalarValue::Bytes(bytes)) => Ok((bytes, v.conflict)),
+            _ => Err("record is not bytes".to_owned()),
+        },
         None => Err("no record".to_owned()),
     }
+}
+
+/// The record shown for an element whose key holds several concurrent values (two replaces of
+/// one message that did not see each other, e.g. a stale owner's checkpoint and the new owner's
+/// final reply across a partition): a final message wins over a partial checkpoint, so a
+/// checkpoint can never hide the reply that replaced it; among equals, the last value (the one
+/// Automerge itself shows). Every replica holds the same values in the same order, so every
+/// replica shows the same record. `None` when no value is a record.
+pub(crate) fn pick_record<'v>(values: &[&'v [u8]]) -> Option<&'v [u8]> {
+    let is_final = |bytes: &[u8]| StoredRecord::decode(bytes).is_ok_and(|r| !r.partial);
+    values
+        .iter()
+        .rev()
+        .find(|v| is_final(v))
+        .or_else(|| values.iter().rev().find(|v| StoredRecord::decode(v).is_ok()))
+        .or(values.last())
+        .copied()
 }
 
 impl Entry {
@@ -310,24 +330,19 @@ impl Entry {
         })
     }
 
-    /// Reads the index view of a stored element; `Err` says what is malformed.
-    pub(crate) fn from_map(map: &hydrate::Map) -> Result<Entry, String> {
-        let bytes = record_of(map)?;
+    /// Reads the index view of a stored record; `Err` says what is malformed.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Entry, String> {
         Entry::from_record(&StoredRecord::decode(bytes)?, bytes.len())
     }
 }
 
-/// The timestamp of a stored record (the value under [`KEY_RECORD`]); `None` when malformed.
-pub(crate) fn record_timestamp(value: &ScalarValue) -> Option<i64> {
-    match value {
-        ScalarValue::Bytes(bytes) => StoredRecord::decode(bytes).ok().map(|r| r.timestamp_ms),
-        _ => None,
-    }
+/// The timestamp of a stored record; `None` when malformed.
+pub(crate) fn record_timestamp(bytes: &[u8]) -> Option<i64> {
+    StoredRecord::decode(bytes).ok().map(|r| r.timestamp_ms)
 }
 
-/// Reads a whole stored message; `Err` says what is malformed.
-pub(crate) fn message_from_map(map: &hydrate::Map) -> Result<Message, String> {
-    let bytes = record_of(map)?;
+/// Reads a whole stored message from its record; `Err` says what is malformed.
+pub(crate) fn message_from_bytes(bytes: &[u8]) -> Result<Message, String> {
     let record = StoredRecord::decode(bytes)?;
     let entry = Entry::from_record(&record, bytes.len())?;
     let body: Body = serde_json::from_str(record.body).map_err(|e| format!("body: {e}"))?;
@@ -391,10 +406,26 @@ mod tests {
         m.partial = true;
         let encoded = Encoded::new(&m).unwrap_or_else(|e| panic!("{e}"));
         let map = element(ScalarValue::Bytes(encoded.record.clone()));
-        assert_eq!(message_from_map(&map), Ok(m.clone()));
-        assert_eq!(Entry::from_map(&map), Ok(encoded.entry()));
-        let value = ScalarValue::Bytes(encoded.record.clone());
-        assert_eq!(record_timestamp(&value), Some(1_700));
+        let (bytes, conflict) = record_of(&map).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!conflict);
+        assert_eq!(message_from_bytes(bytes), Ok(m.clone()));
+        assert_eq!(Entry::from_bytes(bytes), Ok(encoded.entry()));
+        assert_eq!(record_timestamp(&encoded.record), Some(1_700));
+    }
+
+    #[test]
+    fn concurrent_records_resolve_to_the_final_message_then_the_last_value() {
+        let mut partial = Message::text("r:1", Role::Assistant, "part", 1);
+        partial.partial = true;
+        let final_reply = Message::text("r:1", Role::Assistant, "whole", 2);
+        let enc = |m: &Message| Encoded::new(m).unwrap_or_else(|e| panic!("{e}")).record;
+        let (p, f) = (enc(&partial), enc(&final_reply));
+        let junk: &[u8] = &[9, 9];
+        assert_eq!(pick_record(&[&f, &p]), Some(f.as_slice()));
+        assert_eq!(pick_record(&[&p, &f]), Some(f.as_slice()));
+        assert_eq!(pick_record(&[&p, junk]), Some(p.as_slice()));
+        assert_eq!(pick_record(&[junk]), Some(junk));
+        assert_eq!(pick_record(&[]), None);
     }
 
     #[test]
@@ -406,13 +437,15 @@ mod tests {
         ];
         for (bytes, expected) in cases {
             let map = element(ScalarValue::Bytes(bytes.to_vec()));
-            let err = Entry::from_map(&map).expect_err("malformed");
+            let err = record_of(&map)
+                .and_then(|(bytes, _)| Entry::from_bytes(bytes))
+                .expect_err("malformed");
             assert!(err.starts_with(expected), "{err}");
         }
         let map = hydrate::Map::from(std::collections::HashMap::from([(
             "i",
             hydrate::Value::Scalar(ScalarValue::from("old layout")),
         )]));
-        assert_eq!(Entry::from_map(&map), Err("no record".to_owned()));
+        assert_eq!(record_of(&map).err(), Some("no record".to_owned()));
     }
 }

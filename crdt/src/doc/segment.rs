@@ -8,11 +8,14 @@
 
 use super::error::DocError;
 use super::part::{KEY_MESSAGES, Part, genesis_object};
-use super::record::{Encoded, Entry, KEY_RECORD, message_from_map, record_timestamp};
+use super::record::{
+    Encoded, Entry, KEY_RECORD, message_from_bytes, pick_record, record_of, record_timestamp,
+};
 use crate::message::Message;
 use crate::types::PartId;
 use automerge::legacy::{ObjectId, OpId, OpType};
-use automerge::{ActorId, Change, ChangeHash, ObjId, ObjType, ReadDoc, hydrate};
+use automerge::{ActorId, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, hydrate};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -87,11 +90,44 @@ impl Segment {
         self.slots.len()
     }
 
+    /// The record of element `obj` (hydrated as `map`); concurrent values of it are resolved by
+    /// [`pick_record`], so that a final reply is never hidden by a concurrent checkpoint.
+    fn element_record<'m>(
+        &self,
+        obj: &ObjId,
+        map: &'m hydrate::Map,
+    ) -> Result<Cow<'m, [u8]>, String> {
+        let (bytes, conflict) = record_of(map)?;
+        if !conflict {
+            return Ok(Cow::Borrowed(bytes));
+        }
+        let owned = self.all_records(obj).map_err(|e| e.to_string())?;
+        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        pick_record(&refs).map(|b| Cow::Owned(b.to_vec())).ok_or_else(|| "no record".to_owned())
+    }
+
+    /// Every concurrent value of element `obj`'s record that is bytes, in Automerge's order.
+    fn all_records(&self, obj: &ObjId) -> Result<Vec<Vec<u8>>, automerge::AutomergeError> {
+        let values = self.part.doc.get_all(obj, KEY_RECORD)?;
+        Ok(values
+            .into_iter()
+            .filter_map(|(value, _)| match value {
+                automerge::Value::Scalar(s) => match s.into_owned() {
+                    ScalarValue::Bytes(bytes) => Some(bytes),
+                    _ => None,
+                },
+                automerge::Value::Object(_) => None,
+            })
+            .collect())
+    }
+
     /// Reads the element `obj` into its index view; `None` (logged) when it is malformed.
     fn read_entry(&self, id: &PartId, pos: usize, obj: &ObjId) -> Result<Option<Entry>, DocError> {
         let hydrated = self.part.doc.hydrate(obj, None).map_err(DocError::automerge(id))?;
         let entry = match &hydrated {
-            hydrate::Value::Map(map) => Entry::from_map(map),
+            hydrate::Value::Map(map) => {
+                self.element_record(obj, map).and_then(|record| Entry::from_bytes(&record))
+            }
             _ => Err("element is not a map".to_owned()),
         };
         Ok(entry
@@ -116,8 +152,11 @@ impl Segment {
         };
         let mut slots = Vec::with_capacity(list.len());
         for (pos, element) in list.iter().enumerate() {
-            let slot = match &element.value {
-                hydrate::Value::Map(map) => Entry::from_map(map),
+            let slot = match (&element.value, objs.get(pos)) {
+                (hydrate::Value::Map(map), Some(obj)) => {
+                    self.element_record(obj, map).and_then(|record| Entry::from_bytes(&record))
+                }
+                (hydrate::Value::Map(_), None) => Err("element has no object id".to_owned()),
                 _ => Err("element is not a map".to_owned()),
             };
             match slot {
@@ -313,10 +352,9 @@ impl Segment {
     /// The timestamp of the message at `pos`, read alone; `None` when it has none.
     pub(crate) fn read_timestamp(&self, pos: usize) -> Option<i64> {
         let obj = self.objs.get(pos)?;
-        match self.part.doc.get(obj, KEY_RECORD) {
-            Ok(Some((automerge::Value::Scalar(s), _))) => record_timestamp(&s),
-            _ => None,
-        }
+        let owned = self.all_records(obj).ok()?;
+        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        record_timestamp(pick_record(&refs)?)
     }
 
     /// Reads the whole message at `pos` (shared with the decoded copy); `Ok(None)` when the
@@ -345,7 +383,7 @@ impl Segment {
         let hydrate::Value::Map(map) = hydrated else {
             return Ok(None);
         };
-        match message_from_map(&map) {
+        match self.element_record(obj, &map).and_then(|record| message_from_bytes(&record)) {
             Ok(message) => Ok(Some(message)),
             Err(reason) => {
                 tracing::warn!(part = %id, pos, %reason, "skipping malformed message");

@@ -306,18 +306,24 @@ impl<D: Disk> Node<D> {
             }
         }
         // Sessions in the digest's range that the sender should hold but did not mention: it
-        // lacks them.
+        // lacks them. The sender mentions only sessions it expects this node to hold (owner or
+        // replica), so a copy this node keeps without being either (a former replica's) says
+        // nothing about the sender: syncing it would find nothing, every round, forever.
         let lower = lo.map_or(Bound::Unbounded, Bound::Excluded);
         let upper = hi.map_or(Bound::Unbounded, Bound::Included);
         let live: Vec<NodeId> = self.members.live_nodes().collect();
         let r = self.cfg.replication_factor;
+        let me = self.cfg.node;
         let missing: Vec<SessionKey> = self
             .sessions
             .range((lower, upper))
             .filter(|(k, s)| {
-                !mentioned.contains(*k)
-                    && s.heads != HeadsDigest::default()
-                    && placement::replicas(k, live.iter().copied(), r).contains(&from)
+                if mentioned.contains(*k) || s.heads == HeadsDigest::default() {
+                    return false;
+                }
+                let replicas = placement::replicas(k, live.iter().copied(), r);
+                let mine = s.epoch.is_some_and(|e| e.node == me) || replicas.contains(&me);
+                mine && replicas.contains(&from)
             })
             .take(SYNC_STARTS_PER_DIGEST_MAX.saturating_sub(starts))
             .map(|(k, _)| k.clone())
