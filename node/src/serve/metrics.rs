@@ -13,22 +13,41 @@ use prometheus_client::registry::Registry;
 /// How often the mesh's figures are copied into the registry.
 pub const MESH_METRICS_PERIOD_MS: u64 = 1_000;
 
-macro_rules! counters {
-    ($($field:ident: $help:literal,)*) => {
-        #[derive(Default)]
-        struct MeshCounters { $($field: Counter<u64, AtomicU64>,)* }
+/// A running total as the mesh keeps it: a plain number (the core's `Counters`) or an atomic
+/// (the transport's `TransportStats`).
+trait Total {
+    fn total(&self) -> u64;
+}
 
-        impl MeshCounters {
+impl Total for u64 {
+    fn total(&self) -> u64 {
+        *self
+    }
+}
+
+impl Total for AtomicU64 {
+    fn total(&self) -> u64 {
+        self.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A struct of Prometheus counters mirroring the same-named totals of `$source`.
+macro_rules! counters {
+    ($name:ident from $source:ty { $($field:ident: $help:literal,)* }) => {
+        #[derive(Default)]
+        struct $name { $($field: Counter<u64, AtomicU64>,)* }
+
+        impl $name {
             fn register(&self, r: &mut Registry) {
                 $(r.register(stringify!($field), $help, self.$field.clone());)*
             }
 
-            /// Counters only go up; the core's are totals since it started, so add the difference.
-            fn update(&self, now: &Counters) {
+            /// Counters only go up; the sources are totals since start, so add the difference.
+            fn update(&self, source: &$source) {
                 $(
-                    let seen = self.$field.get();
-                    if now.$field > seen {
-                        self.$field.inc_by(now.$field - seen);
+                    let (seen, now) = (self.$field.get(), Total::total(&source.$field));
+                    if now > seen {
+                        self.$field.inc_by(now - seen);
                     }
                 )*
             }
@@ -37,6 +56,7 @@ macro_rules! counters {
 }
 
 counters! {
+    MeshCounters from Counters {
     frames_in: "Peer frames received",
     frames_out: "Peer frames sent",
     frames_dropped_decode: "Peer frames dropped because they did not decode",
@@ -59,6 +79,7 @@ counters! {
     owner_overlaps: "Times this node owned a session while another node also did",
     store_errors: "Write batches the store failed",
 }
+}
 
 struct MeshGauges {
     members_alive: Gauge,
@@ -72,52 +93,15 @@ struct MeshGauges {
     sync_exchanges: Gauge,
 }
 
-/// The transport's own counters (`TransportStats`), exported beside the core's.
-#[derive(Default)]
-struct TransportCounters {
-    frame_bytes_in: Counter<u64, AtomicU64>,
-    frame_bytes_out: Counter<u64, AtomicU64>,
-    frames_dropped_queue_full: Counter<u64, AtomicU64>,
-    frames_dropped_unreachable: Counter<u64, AtomicU64>,
-    connections_opened: Counter<u64, AtomicU64>,
+counters! {
+    // The transport's own counters, exported beside the core's.
+    TransportCounters from beamclaw_mesh::driver::TransportStats {
+    frame_bytes_in: "Bytes of peer frames received",
+    frame_bytes_out: "Bytes of peer frames sent",
+    frames_dropped_queue_full: "Peer frames dropped because the peer's send queue was full",
+    frames_dropped_unreachable: "Peer frames dropped because the peer could not be reached",
+    connections_opened: "Mesh connections opened (dialled or accepted)",
 }
-
-impl TransportCounters {
-    fn register(&self, r: &mut Registry) {
-        r.register("frame_bytes_in", "Bytes of peer frames received", self.frame_bytes_in.clone());
-        r.register("frame_bytes_out", "Bytes of peer frames sent", self.frame_bytes_out.clone());
-        r.register(
-            "frames_dropped_queue_full",
-            "Peer frames dropped because the peer's send queue was full",
-            self.frames_dropped_queue_full.clone(),
-        );
-        r.register(
-            "frames_dropped_unreachable",
-            "Peer frames dropped because the peer could not be reached",
-            self.frames_dropped_unreachable.clone(),
-        );
-        r.register(
-            "connections_opened",
-            "Mesh connections opened (dialled or accepted)",
-            self.connections_opened.clone(),
-        );
-    }
-
-    fn update(&self, stats: &beamclaw_mesh::driver::TransportStats) {
-        let pairs = [
-            (&self.frame_bytes_in, &stats.frame_bytes_in),
-            (&self.frame_bytes_out, &stats.frame_bytes_out),
-            (&self.frames_dropped_queue_full, &stats.frames_dropped_queue_full),
-            (&self.frames_dropped_unreachable, &stats.frames_dropped_unreachable),
-            (&self.connections_opened, &stats.connections_opened),
-        ];
-        for (counter, total) in pairs {
-            let (seen, now) = (counter.get(), total.load(std::sync::atomic::Ordering::Relaxed));
-            if now > seen {
-                counter.inc_by(now - seen);
-            }
-        }
-    }
 }
 
 /// Registers the mesh metrics and keeps them current until the mesh stops.
