@@ -337,7 +337,7 @@ impl Writer {
             // Compaction results first: a delete later in this group then removes the snapshot
             // too (a fold applied after a delete would find its chunks gone and be dropped).
             for reply in &group.compactions {
-                self.apply_compaction(&mut tables, reply, &mut applied)?;
+                self.apply_compaction(&mut tables, reply, &mut applied, crossed)?;
             }
             for (key, record) in &group.quarantines {
                 tables.put_quarantine(key.as_str(), record)?;
@@ -353,17 +353,27 @@ impl Writer {
         Ok(applied)
     }
 
+    /// Applies a compactor's answer. A part still over the threshold after its fold (chunks
+    /// appended while the compactor worked were not reported: the part was still in
+    /// `compacting`) goes into `crossed`, to be folded again; otherwise it would stay over the
+    /// threshold until its next append.
     fn apply_compaction(
         &self,
         tables: &mut WriteTables<'_>,
         reply: &CompactionReply,
         applied: &mut Applied,
+        crossed: &mut Vec<PartRef>,
     ) -> Result<(), StoreError> {
         let target = &reply.target;
         let part = decode_part(&target.part).ok();
         match &reply.outcome {
             Ok(Compaction::Folded(folded)) => {
-                if apply_fold(tables, target, folded)? {
+                let folded_now = apply_fold(tables, target, folded)?;
+                let state = tables.part_state(&target.key, &target.part)?;
+                if state.is_some_and(|state| self.threshold.exceeded_by(state)) {
+                    crossed.push(target.clone());
+                }
+                if folded_now {
                     applied.folds += 1;
                     tracing::debug!(
                         key = %target.key, ?part, chunks = folded.chunks,
