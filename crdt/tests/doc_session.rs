@@ -260,6 +260,40 @@ fn usage_adds_to_the_token_counters() {
 }
 
 #[test]
+fn a_final_message_and_its_usage_are_one_change_of_one_segment() {
+    let mut doc = new_doc();
+    doc.set_segment_limits(SegmentLimits { messages_max: 2, bytes_max: 1 << 20 });
+    doc.append(&user("u1", "hi")).unwrap();
+    doc.upsert(&reply("r1", &["u1"], true)).unwrap();
+    doc.take_chunks();
+    let usage = Usage { input: 7, output: 3, cache_read: 0, cache_write: 0 };
+    let outcome = doc.upsert_with_usage(&reply("r1", &["u1"], false), &usage).unwrap();
+    assert_eq!(outcome, AppendOutcome::Replaced);
+    let chunks = doc.take_chunks();
+    assert_eq!(chunks.len(), 1, "no manifest change: {chunks:?}");
+    assert_eq!(
+        chunks[0].part,
+        beamclaw_crdt::PartId::Segment { session_id: "s1".into(), index: 0 }
+    );
+    // The next turn's output lands in a new segment; the totals are the sums over both.
+    doc.append(&user("u2", "again")).unwrap();
+    doc.upsert_with_usage(&reply("r2", &["u2"], false), &usage).unwrap();
+    // A checkpoint that arrives after the final one is not written; its usage still counts.
+    let late = doc.upsert_with_usage(&reply("r2", &["u2"], true), &usage).unwrap();
+    assert_eq!(late, AppendOutcome::Duplicate);
+    let meta = doc.meta().unwrap();
+    assert_eq!((meta.input_tokens, meta.output_tokens, meta.total_tokens), (21, 9, 30));
+    assert_eq!(doc.token_counts(), [21, 9, 30]);
+    let reloaded = reload(&mut doc, 2);
+    assert_eq!(reloaded.token_counts(), [21, 9, 30]);
+    assert_eq!(ids(&reloaded.history(10, None).unwrap()), ["u1", "r1", "u2", "r2"]);
+    let overflow = Usage { input: u64::MAX, output: 0, cache_read: 0, cache_write: 0 };
+    let refused = doc.upsert_with_usage(&reply("r3", &["u2"], false), &overflow);
+    assert!(matches!(refused, Err(DocError::CounterOverflow { .. })));
+    assert!(doc.get("r3").unwrap().is_none(), "a refused write writes nothing");
+}
+
+#[test]
 fn reset_archives_the_transcript_and_starts_a_new_one() {
     let mut doc = new_doc();
     doc.append(&user("u1", "old")).unwrap();

@@ -1,9 +1,10 @@
 //! The manifest part: the metadata map (a mirror of OpenClaw's SessionEntry) and the archives
 //! list (transcripts set aside by a reset).
 //!
-//! Metadata keys are OpenClaw's camelCase names. Settings are last-writer-wins scalars; token
-//! counts and the compaction count are Automerge counters created at genesis, so concurrent
-//! increments on two replicas add up.
+//! Metadata keys are OpenClaw's camelCase names. Settings are last-writer-wins scalars; the
+//! compaction count is an Automerge counter created at genesis, so concurrent increments on two
+//! replicas add up. Token counts are counters too, kept per segment (see [`UsageIncrements`]) and
+//! summed by the document.
 
 use super::error::DocError;
 use super::part::{KEY_ARCHIVES, KEY_META, Part, genesis_object, scalar_str};
@@ -18,9 +19,9 @@ const KEY_AGENT_ID: &str = "agentId";
 const KEY_SESSION_KEY: &str = "sessionKey";
 const KEY_CREATED_AT: &str = "createdAt";
 const KEY_SESSION_STARTED_AT: &str = "sessionStartedAt";
-const KEY_INPUT_TOKENS: &str = "inputTokens";
-const KEY_OUTPUT_TOKENS: &str = "outputTokens";
-const KEY_TOTAL_TOKENS: &str = "totalTokens";
+pub(crate) const KEY_INPUT_TOKENS: &str = "inputTokens";
+pub(crate) const KEY_OUTPUT_TOKENS: &str = "outputTokens";
+pub(crate) const KEY_TOTAL_TOKENS: &str = "totalTokens";
 const KEY_COMPACTION_COUNT: &str = "compactionCount";
 const KEY_ARCHIVED_AT: &str = "archivedAt";
 const KEY_REASON: &str = "reason";
@@ -291,9 +292,6 @@ pub(crate) fn read(part: &Part, session_key: &str) -> Result<SessionMeta, DocErr
         session_key: session_key.to_owned(),
         created_at_ms: int(KEY_CREATED_AT),
         session_started_at_ms: int(KEY_SESSION_STARTED_AT),
-        input_tokens: counter(&fields, KEY_INPUT_TOKENS),
-        output_tokens: counter(&fields, KEY_OUTPUT_TOKENS),
-        total_tokens: counter(&fields, KEY_TOTAL_TOKENS),
         compaction_count: counter(&fields, KEY_COMPACTION_COUNT),
         ..SessionMeta::default()
     };
@@ -315,14 +313,47 @@ pub(crate) fn patch(part: &mut Part, patch: &MetaPatch) -> Result<bool, DocError
     part.transact(|doc| write_settings(doc, &meta, patch))
 }
 
-/// Adds a turn's usage to the token counters (one change).
-pub(crate) fn add_usage(part: &mut Part, usage: &Usage) -> Result<(), DocError> {
-    let increments = [
-        (KEY_INPUT_TOKENS, to_increment(KEY_INPUT_TOKENS, usage.input)?),
-        (KEY_OUTPUT_TOKENS, to_increment(KEY_OUTPUT_TOKENS, usage.output)?),
-        (KEY_TOTAL_TOKENS, to_increment(KEY_TOTAL_TOKENS, usage.total())?),
-    ];
-    increment(part, &increments)
+/// A turn's usage as increments of a segment's token counters, checked to fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct UsageIncrements([(&'static str, i64); 3]);
+
+impl UsageIncrements {
+    pub(crate) fn new(usage: &Usage) -> Result<UsageIncrements, DocError> {
+        Ok(UsageIncrements([
+            (KEY_INPUT_TOKENS, to_increment(KEY_INPUT_TOKENS, usage.input)?),
+            (KEY_OUTPUT_TOKENS, to_increment(KEY_OUTPUT_TOKENS, usage.output)?),
+            (KEY_TOTAL_TOKENS, to_increment(KEY_TOTAL_TOKENS, usage.total())?),
+        ]))
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(|(_, by)| *by == 0)
+    }
+
+    /// Adds the increments to counter values read earlier, in (input, output, total) order.
+    pub(crate) fn add_to(&self, counts: &mut [u64; 3]) {
+        for (count, (_, by)) in counts.iter_mut().zip(self.0) {
+            *count = count.saturating_add_signed(by);
+        }
+    }
+
+    /// Writes the increments into the counters map `obj` (inside the caller's transaction).
+    pub(crate) fn write(&self, doc: &mut AutoCommit, obj: &ObjId) -> Result<(), AutomergeError> {
+        for &(key, by) in &self.0 {
+            if by != 0 {
+                doc.increment(obj, key, by)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of counter `key` in map `obj` (0 when absent or not a counter).
+pub(crate) fn read_counter(doc: &AutoCommit, obj: &ObjId, key: &str) -> u64 {
+    match read_scalar(doc, obj, key) {
+        Some(ScalarValue::Counter(c)) => u64::try_from(i64::from(&c)).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 pub(crate) fn record_compaction(part: &mut Part) -> Result<(), DocError> {
@@ -369,7 +400,8 @@ pub(crate) fn archives(part: &Part) -> Result<Vec<ArchiveEntry>, DocError> {
 }
 
 /// Archives every current value of the session id, starts `new_session_id` and brings the
-/// counters of the transcript back to zero (one change).
+/// compaction count back to zero (one change). The token counts start at zero by themselves:
+/// they are the new transcript's segments'.
 pub(crate) fn reset(
     part: &mut Part,
     new_session_id: &str,
@@ -383,11 +415,8 @@ pub(crate) fn reset(
     let meta = object(&part.doc, KEY_META, ObjType::Map)?;
     let archives = object(&part.doc, KEY_ARCHIVES, ObjType::List)?;
     let fields = read_fields(&part.doc, &meta);
-    let mut counters = Vec::new();
-    for key in [KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS, KEY_COMPACTION_COUNT] {
-        let value = counter(&fields, key);
-        counters.push((key, to_increment(key, value)?));
-    }
+    let compactions = counter(&fields, KEY_COMPACTION_COUNT);
+    let compactions = to_increment(KEY_COMPACTION_COUNT, compactions)?;
     part.transact(|doc| {
         for old in &old_ids {
             let at = doc.length(&archives);
@@ -398,12 +427,10 @@ pub(crate) fn reset(
         }
         doc.put(&meta, KEY_SESSION_ID, new_session_id).map_err(am)?;
         doc.put(&meta, KEY_SESSION_STARTED_AT, now_ms).map_err(am)?;
-        for &(key, value) in &counters {
-            // Counters cannot be set; subtract what is there. An increment made concurrently on
-            // another replica survives the reset, which is what a sum should do.
-            if value > 0 {
-                doc.increment(&meta, key, -value).map_err(am)?;
-            }
+        // Counters cannot be set; subtract what is there. An increment made concurrently on
+        // another replica survives the reset, which is what a sum should do.
+        if compactions > 0 {
+            doc.increment(&meta, KEY_COMPACTION_COUNT, -compactions).map_err(am)?;
         }
         Ok(())
     })

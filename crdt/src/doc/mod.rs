@@ -34,6 +34,7 @@ use crate::message::{Message, Usage};
 use crate::types::{Chunk, HeadsDigest, PartId, SessionKey};
 use automerge::ActorId;
 use automerge::sync::SyncDoc;
+use meta::UsageIncrements;
 use part::Part;
 use segment::{Refresh, Segment};
 use std::collections::{BTreeMap, btree_map};
@@ -99,8 +100,9 @@ pub const WRITER_ACTOR_BYTES_MIN: usize = 16;
 pub const WRITER_ACTOR_BYTES_MAX: usize = 32;
 
 /// Version of the document layout, stored at the root of every part by its genesis. 2: a message
-/// is one record value (`doc/record.rs`) instead of one key per field.
-const FORMAT_VERSION: u64 = 2;
+/// is one record value (`doc/record.rs`) instead of one key per field. 3: token counters live in
+/// each segment (written with the turn's final message), not in the manifest.
+const FORMAT_VERSION: u64 = 3;
 
 /// Estimated resident bytes of one hydrated part before any message: an Automerge 0.12 document
 /// costs about 18 KiB of heap even when it holds a single op (its columnar op set preallocates),
@@ -200,6 +202,28 @@ pub struct SessionDoc {
     index: Transcript,
 }
 
+/// Segment `index` of a transcript, started (its genesis) when it does not exist yet.
+fn open_segment<'s>(
+    segments: &'s mut Segments,
+    index: u32,
+    id: &PartId,
+    key: &SessionKey,
+    actor: &ActorId,
+    part_count: usize,
+) -> Result<&'s mut Segment, DocError> {
+    match segments.entry(index) {
+        btree_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+        btree_map::Entry::Vacant(entry) => {
+            if part_count >= PARTS_MAX {
+                return Err(DocError::TooManyParts { count: part_count + 1 });
+            }
+            let part = Part::genesis(key, id, actor)?;
+            tracing::info!(session = %key, part = %id, "segment started");
+            Ok(entry.insert(Segment::new(part, id)?))
+        }
+    }
+}
+
 impl SessionDoc {
     /// A new session. `actor` is the writer's actor (see [`writer_actor`]); `now_ms` becomes
     /// `createdAt` and `sessionStartedAt`.
@@ -237,7 +261,7 @@ impl SessionDoc {
         chunks: impl IntoIterator<Item = Chunk>,
     ) -> Result<SessionDoc, DocError> {
         let actor = part::writer_actor_id(actor)?;
-        let mut manifest = Part::genesis(key, &PartId::Manifest, &actor)?;
+        let mut manifest = Part::empty(&actor);
         let mut manifest_changes = Vec::new();
         let mut parts: BTreeMap<(String, u32), (Part, Vec<automerge::Change>)> = BTreeMap::new();
         for chunk in chunks {
@@ -251,9 +275,7 @@ impl SessionDoc {
                     }
                     let (part, changes) = match parts.entry(slot) {
                         btree_map::Entry::Occupied(e) => e.into_mut(),
-                        btree_map::Entry::Vacant(e) => {
-                            e.insert((Part::genesis(key, &chunk.part, &actor)?, Vec::new()))
-                        }
+                        btree_map::Entry::Vacant(e) => e.insert((Part::empty(&actor), Vec::new())),
                     };
                     (part, changes)
                 }
@@ -261,6 +283,7 @@ impl SessionDoc {
             part.ingest(&chunk.part, &chunk.bytes, changes)?;
         }
         manifest.apply_changes(&PartId::Manifest, manifest_changes)?;
+        manifest.ensure_genesis(key, &PartId::Manifest)?;
         manifest.mark_saved();
         let session_id = meta::session_ids(&manifest)?
             .into_iter()
@@ -273,6 +296,7 @@ impl SessionDoc {
         for ((sid, index), (mut part, changes)) in parts {
             let id = part_id(&sid, index);
             part.apply_changes(&id, changes)?;
+            part.ensure_genesis(key, &id)?;
             part.mark_saved();
             if part.waiting_for_dependencies() {
                 tracing::warn!(session = %key, part = %id, "loaded with missing changes");
@@ -401,7 +425,7 @@ impl SessionDoc {
             tracing::debug!(session = %self.key, id = message.id, "duplicate append ignored");
             return Ok(AppendOutcome::Duplicate);
         }
-        self.append_encoded(&encoded)?;
+        self.append_encoded(&encoded, &UsageIncrements::default())?;
         Ok(AppendOutcome::Appended)
     }
 
@@ -410,15 +434,28 @@ impl SessionDoc {
     /// message: a stale owner that already received the new owner's reply may still checkpoint
     /// its own run of the turn, and that must not hide the reply (`Duplicate`, nothing written).
     pub fn upsert(&mut self, message: &Message) -> Result<AppendOutcome, DocError> {
+        self.upsert_with_usage(message, &Usage::default())
+    }
+
+    /// [`Self::upsert`], adding a turn's `usage` to the token counters in the same change (a
+    /// turn's final message and its usage are one write). The usage is recorded even when the
+    /// message is not written (`Duplicate`): then in a change of its own.
+    pub fn upsert_with_usage(
+        &mut self,
+        message: &Message,
+        usage: &Usage,
+    ) -> Result<AppendOutcome, DocError> {
         let encoded = record::Encoded::new(message)?;
+        let usage = UsageIncrements::new(usage)?;
         if message.partial && self.shown_entry(&message.id).is_some_and(|e| !e.partial) {
+            self.add_increments(&usage)?;
             return Ok(AppendOutcome::Duplicate);
         }
         if self.index.contains(&message.id) {
-            self.overwrite_shown(&encoded)?;
+            self.overwrite_shown(&encoded, &usage)?;
             Ok(AppendOutcome::Replaced)
         } else {
-            self.append_encoded(&encoded)?;
+            self.append_encoded(&encoded, &usage)?;
             Ok(AppendOutcome::Appended)
         }
     }
@@ -432,10 +469,14 @@ impl SessionDoc {
     /// Overwrites the message with the same id; an unknown id is an error.
     pub fn replace(&mut self, message: &Message) -> Result<(), DocError> {
         let encoded = record::Encoded::new(message)?;
-        self.overwrite_shown(&encoded)
+        self.overwrite_shown(&encoded, &UsageIncrements::default())
     }
 
-    fn append_encoded(&mut self, encoded: &record::Encoded<'_>) -> Result<(), DocError> {
+    fn append_encoded(
+        &mut self,
+        encoded: &record::Encoded<'_>,
+        usage: &UsageIncrements,
+    ) -> Result<(), DocError> {
         let part_count = self.part_count();
         let segments = self.transcripts.entry(self.session_id.clone()).or_default();
         let index = match segments.last_key_value() {
@@ -451,19 +492,9 @@ impl SessionDoc {
             }
         };
         let id = part_id(&self.session_id, index);
-        let segment = match segments.entry(index) {
-            btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            btree_map::Entry::Vacant(entry) => {
-                if part_count >= PARTS_MAX {
-                    return Err(DocError::TooManyParts { count: part_count + 1 });
-                }
-                let part = Part::genesis(&self.key, &id, &self.actor)?;
-                tracing::info!(session = %self.key, part = %id, "segment started");
-                entry.insert(Segment::new(part, &id)?)
-            }
-        };
+        let segment = open_segment(segments, index, &id, &self.key, &self.actor, part_count)?;
         let pos = segment.len();
-        segment.append(&id, encoded)?;
+        segment.append(&id, encoded, usage)?;
         tracing::debug!(session = %self.key, part = %id, pos, id = encoded.message.id, "appended");
         let added = match (u32::try_from(pos), segment.slots.last()) {
             (Ok(pos), Some(Some(entry))) => self.index.add(entry, Loc { segment: index, pos }),
@@ -475,7 +506,11 @@ impl SessionDoc {
         Ok(())
     }
 
-    fn overwrite_shown(&mut self, encoded: &record::Encoded<'_>) -> Result<(), DocError> {
+    fn overwrite_shown(
+        &mut self,
+        encoded: &record::Encoded<'_>,
+        usage: &UsageIncrements,
+    ) -> Result<(), DocError> {
         let id = &encoded.message.id;
         let unknown =
             || DocError::UnknownMessage { id: id.clone(), session_id: self.session_id.clone() };
@@ -488,7 +523,7 @@ impl SessionDoc {
             .ok_or_else(unknown)?;
         let pos = loc.pos as usize;
         let old = segment.slots.get(pos).cloned().flatten();
-        segment.overwrite(&part, pos, encoded)?;
+        segment.overwrite(&part, pos, encoded, usage)?;
         tracing::debug!(session = %self.key, %part, pos, id, "replaced");
         let updated = match (old, segment.slots.get(pos)) {
             (Some(old), Some(Some(new))) => self.index.replaced(loc, &old, new),
@@ -591,7 +626,21 @@ impl SessionDoc {
     }
 
     pub fn meta(&self) -> Result<SessionMeta, DocError> {
-        meta::read(&self.manifest, self.key.as_str())
+        let mut meta = meta::read(&self.manifest, self.key.as_str())?;
+        [meta.input_tokens, meta.output_tokens, meta.total_tokens] = self.token_counts();
+        Ok(meta)
+    }
+
+    /// The token counters of the current transcript, (input, output, total): the sums over its
+    /// segments (a handful of counter reads; the manifest is not read).
+    pub fn token_counts(&self) -> [u64; 3] {
+        let mut sums = [0u64; 3];
+        for segment in self.segments().into_iter().flat_map(|s| s.values()) {
+            for (sum, value) in sums.iter_mut().zip(segment.usage()) {
+                *sum = sum.saturating_add(value);
+            }
+        }
+        sums
     }
 
     /// The agent of the session (`meta().agent_id`, without reading the other fields).
@@ -622,7 +671,20 @@ impl SessionDoc {
 
     /// Adds a turn's usage to the token counters (concurrent additions on replicas add up).
     pub fn add_usage(&mut self, usage: &Usage) -> Result<(), DocError> {
-        meta::add_usage(&mut self.manifest, usage)
+        self.add_increments(&UsageIncrements::new(usage)?)
+    }
+
+    /// Adds usage to the newest segment of the current transcript (started if there is none).
+    fn add_increments(&mut self, usage: &UsageIncrements) -> Result<(), DocError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let part_count = self.part_count();
+        let segments = self.transcripts.entry(self.session_id.clone()).or_default();
+        let index = segments.last_key_value().map_or(0, |(&index, _)| index);
+        let id = part_id(&self.session_id, index);
+        open_segment(segments, index, &id, &self.key, &self.actor, part_count)?
+            .add_usage(&id, usage)
     }
 
     /// Counts one compaction of the transcript.

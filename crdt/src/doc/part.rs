@@ -11,8 +11,8 @@ use super::{FORMAT_VERSION, GENESIS_ACTOR_BYTES, WRITER_ACTOR_BYTES_MAX, WRITER_
 use crate::types::{PartId, SessionKey};
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
-    ActorId, AutoCommit, Change, ChangeHash, LoadOptions, ObjType, OnPartialLoad, ROOT, ReadDoc,
-    ScalarValue, VerificationMode,
+    ActorId, AutoCommit, Change, ChangeHash, LoadOptions, ObjId, ObjType, OnPartialLoad, ROOT,
+    ReadDoc, ScalarValue, VerificationMode,
 };
 
 /// Root key of the format version (a uint) in every part.
@@ -24,11 +24,19 @@ pub(crate) const KEY_META: &str = "meta";
 /// Root key of the archives list in the manifest.
 pub(crate) const KEY_ARCHIVES: &str = "archives";
 
-/// Metadata fields that are Automerge counters. They are created at genesis so that every replica
-/// increments the same counter object: a counter created independently on two replicas would be
-/// two conflicting values, and one side's increments would be hidden.
-pub(crate) const COUNTER_FIELDS: [&str; 4] =
-    ["inputTokens", "outputTokens", "totalTokens", "compactionCount"];
+/// Root key of the token counters map in a segment.
+pub(crate) const KEY_USAGE: &str = "usage";
+
+/// Counters are created at genesis so that every replica increments the same counter object: a
+/// counter created independently on two replicas would be two conflicting values, and one side's
+/// increments would be hidden.
+///
+/// Metadata fields that are Automerge counters (in the manifest).
+pub(crate) const MANIFEST_COUNTER_FIELDS: [&str; 1] = ["compactionCount"];
+/// Token counters of a segment: the usage of the turns whose output it holds. A turn's usage is
+/// written in the same change as its final message, so a turn costs no manifest change; a
+/// transcript's totals are the sums over its segments.
+pub(crate) const USAGE_COUNTER_FIELDS: [&str; 3] = ["inputTokens", "outputTokens", "totalTokens"];
 
 /// Automerge's storage framing: every chunk is `MAGIC_BYTES`, a checksum, a type byte, the
 /// LEB128 length of the data, then the data.
@@ -145,13 +153,17 @@ impl Part {
             match part {
                 PartId::Manifest => {
                     let meta = doc.put_object(ROOT, KEY_META, ObjType::Map)?;
-                    for field in COUNTER_FIELDS {
+                    for field in MANIFEST_COUNTER_FIELDS {
                         doc.put(&meta, field, ScalarValue::counter(0))?;
                     }
                     doc.put_object(ROOT, KEY_ARCHIVES, ObjType::List)?;
                 }
                 PartId::Segment { .. } => {
                     doc.put_object(ROOT, KEY_MESSAGES, ObjType::List)?;
+                    let usage = doc.put_object(ROOT, KEY_USAGE, ObjType::Map)?;
+                    for field in USAGE_COUNTER_FIELDS {
+                        doc.put(&usage, field, ScalarValue::counter(0))?;
+                    }
                 }
             }
             Ok(())
@@ -160,6 +172,37 @@ impl Part {
         doc.commit_with(CommitOptions::default().with_time(0));
         doc.set_actor(writer.clone());
         Ok(Part { doc, saved_heads: Vec::new() })
+    }
+
+    /// A part with nothing in it yet, for loading: its stored chunks hold its genesis change
+    /// (the first chunk of every part does), so building the genesis here would be wasted work,
+    /// and a part's genesis costs more than applying it. [`Self::ensure_genesis`] adds it when
+    /// the chunks did not.
+    pub(crate) fn empty(writer: &ActorId) -> Part {
+        Part { doc: AutoCommit::new().with_actor(writer.clone()), saved_heads: Vec::new() }
+    }
+
+    /// Adds the part's genesis change when the loaded chunks lack it: the root's format version
+    /// is missing or was not written by this part's genesis actor (chunks of another part or
+    /// session: the readers then find two genesis changes and refuse the part), or changes wait
+    /// for a dependency (which may be the genesis).
+    pub(crate) fn ensure_genesis(
+        &mut self,
+        key: &SessionKey,
+        part: &PartId,
+    ) -> Result<(), DocError> {
+        let ours = genesis_actor(key, part);
+        let versions = self.doc.get_all(ROOT, KEY_VERSION).unwrap_or_default();
+        let only_ours = !versions.is_empty()
+            && versions
+                .iter()
+                .all(|(_, id)| matches!(id, ObjId::Id(_, actor, _) if *actor == ours));
+        if only_ours && !self.waiting_for_dependencies() {
+            return Ok(());
+        }
+        let mut genesis = Part::genesis(key, part, self.doc.get_actor())?;
+        let changes = genesis.doc.get_changes(&[]);
+        self.apply_changes(part, changes)
     }
 
     /// Runs `f` as one Automerge change: committed when it succeeds, rolled back when it fails,
@@ -380,6 +423,28 @@ mod tests {
         ));
         assert!(writer_actor_id(&[0; 16]).is_ok());
         assert!(matches!(writer_actor_id(&[0; 33]), Err(DocError::ActorLength { len: 33 })));
+    }
+
+    #[test]
+    fn a_loaded_part_without_its_genesis_gets_it_and_one_with_a_foreign_genesis_is_exposed() {
+        let writer = ActorId::from([1u8; 16].as_slice());
+        let mut original = Part::genesis(&key(), &PartId::Manifest, &writer).unwrap();
+        original.take_chunk();
+        original.doc.put(ROOT, "x", 1).unwrap();
+        original.doc.commit();
+        let later = original.take_chunk().unwrap();
+        let mut loaded = Part::empty(&writer);
+        assert!(!loaded.apply(&PartId::Manifest, &later).unwrap(), "waits for genesis");
+        loaded.ensure_genesis(&key(), &PartId::Manifest).unwrap();
+        assert_eq!(loaded.heads(), original.heads());
+
+        let other = SessionKey::new("agent:main:other").unwrap();
+        let mut foreign = Part::genesis(&other, &PartId::Manifest, &writer).unwrap();
+        let mut loaded = Part::empty(&writer);
+        loaded.apply(&PartId::Manifest, &foreign.take_chunk().unwrap()).unwrap();
+        loaded.ensure_genesis(&key(), &PartId::Manifest).unwrap();
+        let err = genesis_object(&loaded.doc, &PartId::Manifest, KEY_META, ObjType::Map);
+        assert!(err.unwrap_err().to_string().contains("2 genesis changes"));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! only changes that insert before or delete existing elements make it re-read everything.
 
 use super::error::DocError;
-use super::part::{KEY_MESSAGES, Part, genesis_object};
+use super::meta::{
+    KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS, UsageIncrements, read_counter,
+};
+use super::part::{KEY_MESSAGES, KEY_USAGE, Part, genesis_object};
 use super::record::{
     Encoded, Entry, KEY_RECORD, message_from_bytes, pick_record, record_of, record_timestamp,
 };
@@ -32,6 +35,12 @@ pub(crate) enum Refresh {
 pub(crate) struct Segment {
     pub(crate) part: Part,
     list: ObjId,
+    /// The token counters map (see [`super::part::USAGE_COUNTER_FIELDS`]).
+    usage: ObjId,
+    /// Its values, (input, output, total): read when the segment is read whole or remote changes
+    /// touch the counters, added to by local writes (reading counters out of Automerge on every
+    /// commit was a tenth of a simulated turn).
+    usage_counts: [u64; 3],
     /// One slot per list element; `None` for an element that is not a well-formed message.
     pub(crate) slots: Vec<Option<Entry>>,
     /// The Automerge object of each list element, parallel to `slots`.
@@ -74,9 +83,12 @@ fn same_object(exid: &ObjId, ctr: u64, actor: &ActorId) -> bool {
 impl Segment {
     pub(crate) fn new(part: Part, id: &PartId) -> Result<Segment, DocError> {
         let list = genesis_object(&part.doc, id, KEY_MESSAGES, ObjType::List)?;
+        let usage = genesis_object(&part.doc, id, KEY_USAGE, ObjType::Map)?;
         let mut segment = Segment {
             part,
             list,
+            usage,
+            usage_counts: [0; 3],
             slots: Vec::new(),
             objs: Vec::new(),
             bytes: 0,
@@ -140,6 +152,7 @@ impl Segment {
     /// Reads the whole index view from the document.
     fn read_all(&mut self, id: &PartId) -> Result<(), DocError> {
         self.decoded_mut().clear();
+        self.usage_counts = self.read_usage();
         genesis_object(&self.part.doc, id, KEY_MESSAGES, ObjType::List)?;
         let objs: Vec<ObjId> =
             self.part.doc.list_range(&self.list, ..).map(|item| item.id()).collect();
@@ -219,6 +232,9 @@ impl Segment {
         let ObjId::Id(list_ctr, list_actor, _) = &self.list else {
             return Ok(None);
         };
+        let ObjId::Id(usage_ctr, usage_actor, _) = &self.usage else {
+            return Ok(None);
+        };
         // The hashes of the new changes are cheap to list; the changes themselves are not.
         let new: Vec<ChangeHash> =
             self.part.doc.get_changes_meta(before).into_iter().map(|m| m.hash).collect();
@@ -232,12 +248,17 @@ impl Segment {
         };
         let mut inserted: HashSet<(u64, ActorId)> = HashSet::new();
         let mut written: HashSet<(u64, ActorId)> = HashSet::new();
+        let mut counted = false;
         for change in changes {
             let change = change.decode();
             for (offset, op) in change.operations.iter().enumerate() {
                 let ObjectId::Id(OpId(ctr, actor)) = &op.obj else {
                     return Ok(None); // a root key changed
                 };
+                if ctr == usage_ctr && actor == usage_actor {
+                    counted = true; // the token counters: not part of the view
+                    continue;
+                }
                 if ctr == list_ctr && actor == list_actor {
                     if !op.insert || !matches!(op.action, OpType::Make(ObjType::Map)) {
                         return Ok(None); // a delete or overwrite of a list element
@@ -248,6 +269,9 @@ impl Segment {
                     written.insert((*ctr, actor.clone()));
                 }
             }
+        }
+        if counted {
+            self.usage_counts = self.read_usage();
         }
         let old_len = self.slots.len();
         let new_len = self.part.doc.length(&self.list);
@@ -291,6 +315,7 @@ impl Segment {
     #[cfg(debug_assertions)]
     fn assert_view_is_current(&mut self, id: &PartId) -> Result<(), DocError> {
         let (slots, objs, bytes) = (self.slots.clone(), self.objs.clone(), self.bytes);
+        assert_eq!(self.usage_counts, self.read_usage(), "{id}: token counts differ from a read");
         self.read_all(id)?;
         assert_eq!(slots, self.slots, "{id}: incremental view differs from a full read");
         assert_eq!(objs, self.objs, "{id}: incremental objects differ from a full read");
@@ -320,12 +345,21 @@ impl Segment {
     }
 
     /// Appends a message at the end of the list (one Automerge change).
-    pub(crate) fn append(&mut self, id: &PartId, encoded: &Encoded<'_>) -> Result<(), DocError> {
+    /// The turn's `usage`, if any, is added in the same change.
+    pub(crate) fn append(
+        &mut self,
+        id: &PartId,
+        encoded: &Encoded<'_>,
+        usage: &UsageIncrements,
+    ) -> Result<(), DocError> {
         let pos = self.slots.len();
-        let list = &self.list;
-        let obj = self
-            .part
-            .transact(|doc| encoded.insert(doc, list, pos).map_err(DocError::automerge(id)))?;
+        let (list, counters) = (&self.list, &self.usage);
+        let obj = self.part.transact(|doc| {
+            let obj = encoded.insert(doc, list, pos).map_err(DocError::automerge(id))?;
+            usage.write(doc, counters).map_err(DocError::automerge(id))?;
+            Ok(obj)
+        })?;
+        usage.add_to(&mut self.usage_counts);
         let entry = encoded.entry();
         self.bytes += entry.bytes as usize;
         self.slots.push(Some(entry));
@@ -333,20 +367,51 @@ impl Segment {
         Ok(())
     }
 
-    /// Overwrites the message at `pos` in place (one Automerge change).
+    /// Overwrites the message at `pos` in place (one Automerge change, with the turn's `usage`).
     pub(crate) fn overwrite(
         &mut self,
         id: &PartId,
         pos: usize,
         encoded: &Encoded<'_>,
+        usage: &UsageIncrements,
     ) -> Result<(), DocError> {
         let obj = self.objs.get(pos).cloned().ok_or_else(|| DocError::MalformedPart {
             part: id.clone(),
             reason: format!("no element {pos} in messages"),
         })?;
-        self.part.transact(|doc| encoded.overwrite(doc, &obj).map_err(DocError::automerge(id)))?;
+        let counters = &self.usage;
+        self.part.transact(|doc| {
+            encoded.overwrite(doc, &obj).map_err(DocError::automerge(id))?;
+            usage.write(doc, counters).map_err(DocError::automerge(id))
+        })?;
+        usage.add_to(&mut self.usage_counts);
         self.set_slot(pos, Some(encoded.entry()));
         Ok(())
+    }
+
+    /// Adds a turn's usage on its own (one Automerge change; none when it is empty).
+    pub(crate) fn add_usage(
+        &mut self,
+        id: &PartId,
+        usage: &UsageIncrements,
+    ) -> Result<(), DocError> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let counters = &self.usage;
+        self.part.transact(|doc| usage.write(doc, counters).map_err(DocError::automerge(id)))?;
+        usage.add_to(&mut self.usage_counts);
+        Ok(())
+    }
+
+    /// The token counters: (input, output, total).
+    pub(crate) fn usage(&self) -> [u64; 3] {
+        self.usage_counts
+    }
+
+    fn read_usage(&self) -> [u64; 3] {
+        [KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS]
+            .map(|key| read_counter(&self.part.doc, &self.usage, key))
     }
 
     /// The timestamp of the message at `pos`, read alone; `None` when it has none.

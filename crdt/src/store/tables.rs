@@ -30,7 +30,8 @@ use crate::types::PartId;
 /// The on-disk format this build reads and writes. Bump it when a table's key or value encoding
 /// changes; a store written by another version is refused at open with a typed error.
 /// 2: documents of format 2 (a message is one record value); a store of format 1 is refused.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// 3: documents of format 3 (token counters per segment).
+pub(crate) const FORMAT_VERSION: u32 = 3;
 pub(crate) const FORMAT_VERSION_KEY: &str = "version";
 
 pub(crate) const FORMAT: TableDefinition<&str, u32> = TableDefinition::new("format");

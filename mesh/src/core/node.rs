@@ -229,6 +229,9 @@ pub(crate) struct PendingRequest {
 pub struct Node<D: Disk> {
     pub(crate) cfg: NodeConfig,
     pub(crate) actor: Vec<u8>,
+    /// The node id as messages carry it in `author` (formatting it decodes a public key, so it
+    /// is done once).
+    pub(crate) author: String,
     pub(crate) disk: D,
     pub(crate) rng: ChaCha8Rng,
     pub(crate) members: Membership,
@@ -269,9 +272,11 @@ impl<D: Disk> Node<D> {
         let members = Membership::new(me, cfg.swim, swim_rng);
         let actor = cfg.actor();
         let docs = SessionCache::new(cfg.hydrated_bytes_budget);
+        let author = cfg.node.to_string();
         Node {
             cfg,
             actor,
+            author,
             disk,
             rng,
             members,
@@ -901,8 +906,13 @@ impl<D: Disk> Node<D> {
             let chunks = doc.take_chunks();
             let heads = doc.heads_digest();
             let manifest = doc.part_heads().into_iter().next().map(|(_, h)| h).unwrap_or_default();
+            // The manifest rarely changes (settings, resets); the token counts are the
+            // segments' and change with every turn.
             let meta = match cached {
-                Some((at, meta)) if at == manifest => meta,
+                Some((at, mut meta)) if at == manifest => {
+                    [meta.input_tokens, meta.output_tokens, meta.total_tokens] = doc.token_counts();
+                    meta
+                }
                 _ => doc.meta().unwrap_or_default(),
             };
             let entry = index_entry_with(doc, &meta);

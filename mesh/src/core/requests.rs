@@ -369,7 +369,7 @@ impl<D: Disk> Node<D> {
         }
         message.id = id.clone();
         message.role = Role::User;
-        message.author = self.cfg.node.to_string();
+        message.author = self.author.clone();
         message.idempotency_key = Some(idempotency_key.to_string());
         message.run_id = Some(run_id.clone());
         message.partial = false;

@@ -216,21 +216,35 @@ impl<D: Disk> Node<D> {
                 return;
             }
         }
-        let author = self.cfg.node.to_string();
+        let author = self.author.clone();
         let mut final_message = None;
         let mut refused = None;
-        for mut m in messages {
+        // The usage goes in the same change as the last message (a turn's final message and
+        // its usage are one write); on its own only when there is no message to carry it.
+        let mut usage_left = (usage != Usage::default()).then_some(usage);
+        let count = messages.len();
+        for (n, mut m) in messages.into_iter().enumerate() {
             m.author = author.clone();
             if m.role == Role::Assistant && !m.partial && !m.reply_to.is_empty() {
                 final_message = Some(m.clone());
             }
             let id = m.id.clone();
-            if let Some(Err(e)) = self.with_doc(&session, |doc| doc.upsert(&m)) {
+            let with = if n + 1 == count { usage_left.take() } else { None };
+            let written = self.with_doc(&session, |doc| match &with {
+                // A usage the counters refuse (an overflow) must not cost the message: write
+                // the message alone, and report the usage below.
+                Some(u) => doc.upsert_with_usage(&m, u).or_else(|_| {
+                    usage_left = with;
+                    doc.upsert(&m)
+                }),
+                None => doc.upsert(&m),
+            });
+            if let Some(Err(e)) = written {
                 tracing::warn!(%session, message = %id, error = %e, "turn output message refused");
                 refused = Some(format!("message {id}: {e}"));
             }
         }
-        if usage != Usage::default()
+        if let Some(usage) = usage_left
             && let Some(Err(e)) = self.with_doc(&session, |doc| doc.add_usage(&usage))
         {
             tracing::warn!(%session, error = %e, "usage not recorded");

@@ -15,9 +15,10 @@ use super::turn::{RunRef, TurnEvent};
 
 /// The protocol this build speaks. 2: session documents store a message as one record value
 /// (format 2 of `beamclaw_crdt`); a node of protocol 1 could not read what it would be sent.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: segments carry the token counters (format 3); a node of protocol 2 would not see them.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol this build still accepts.
-pub const PROTOCOL_VERSION_MIN: u16 = 2;
+pub const PROTOCOL_VERSION_MIN: u16 = 3;
 
 /// Largest frame on a stream, in bytes: a sync message of one full segment plus the envelope.
 pub const FRAME_BYTES_MAX: usize = 24 * 1024 * 1024;
