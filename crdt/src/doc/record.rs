@@ -238,6 +238,7 @@ impl<'a> Encoded<'a> {
             partial: self.message.partial,
             idempotency_key: self.message.idempotency_key.as_deref().map(Into::into),
             reply_to: self.message.reply_to.iter().map(|r| r.as_str().into()).collect(),
+            timestamp_ms: self.message.timestamp_ms,
             bytes: u32::try_from(self.stored_bytes()).unwrap_or(u32::MAX),
         }
     }
@@ -285,6 +286,8 @@ pub(crate) struct Entry {
     pub(crate) partial: bool,
     pub(crate) idempotency_key: Option<Box<str>>,
     pub(crate) reply_to: Box<[Box<str>]>,
+    /// Kept for the session index's `updatedAt`, written on every commit.
+    pub(crate) timestamp_ms: i64,
     /// Bytes of the stored record.
     pub(crate) bytes: u32,
 }
@@ -326,6 +329,7 @@ impl Entry {
             partial: record.partial,
             idempotency_key: record.idempotency_key.map(Into::into),
             reply_to: record.reply_to.iter().map(|r| r.to_id().into()).collect(),
+            timestamp_ms: record.timestamp_ms,
             bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
         })
     }
@@ -334,11 +338,6 @@ impl Entry {
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Entry, String> {
         Entry::from_record(&StoredRecord::decode(bytes)?, bytes.len())
     }
-}
-
-/// The timestamp of a stored record; `None` when malformed.
-pub(crate) fn record_timestamp(bytes: &[u8]) -> Option<i64> {
-    StoredRecord::decode(bytes).ok().map(|r| r.timestamp_ms)
 }
 
 /// Reads a whole stored message from its record; `Err` says what is malformed.
@@ -410,7 +409,7 @@ mod tests {
         assert!(!conflict);
         assert_eq!(message_from_bytes(bytes), Ok(m.clone()));
         assert_eq!(Entry::from_bytes(bytes), Ok(encoded.entry()));
-        assert_eq!(record_timestamp(&encoded.record), Some(1_700));
+        assert_eq!(Entry::from_bytes(bytes).map(|e| e.timestamp_ms), Ok(1_700));
     }
 
     #[test]

@@ -11,9 +11,7 @@ use super::meta::{
     KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS, UsageIncrements, read_counter,
 };
 use super::part::{KEY_MESSAGES, KEY_USAGE, Part, genesis_object};
-use super::record::{
-    Encoded, Entry, KEY_RECORD, message_from_bytes, pick_record, record_of, record_timestamp,
-};
+use super::record::{Encoded, Entry, KEY_RECORD, message_from_bytes, pick_record, record_of};
 use crate::message::Message;
 use crate::types::PartId;
 use automerge::legacy::{ObjectId, OpId, OpType};
@@ -414,12 +412,10 @@ impl Segment {
             .map(|key| read_counter(&self.part.doc, &self.usage, key))
     }
 
-    /// The timestamp of the message at `pos`, read alone; `None` when it has none.
+    /// The timestamp of the message at `pos` (from the index view); `None` when the element is
+    /// malformed.
     pub(crate) fn read_timestamp(&self, pos: usize) -> Option<i64> {
-        let obj = self.objs.get(pos)?;
-        let owned = self.all_records(obj).ok()?;
-        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-        record_timestamp(pick_record(&refs)?)
+        self.slots.get(pos)?.as_ref().map(|entry| entry.timestamp_ms)
     }
 
     /// Reads the whole message at `pos` (shared with the decoded copy); `Ok(None)` when the
