@@ -999,9 +999,10 @@ impl SessionDoc {
         for (id, part) in parts {
             let state = peer.parts.entry(id.clone()).or_default();
             let before = state.clone();
-            let Some(message) = part.doc.sync().generate_sync_message(state) else {
+            let Some(mut message) = part.doc.sync().generate_sync_message(state) else {
                 continue;
             };
+            sync::offer_have(&mut part.doc, state, &mut message);
             let bytes = message.encode();
             let size = sync::part_wire_bytes(&id, bytes.len());
             if size + sync::MESSAGE_WIRE_BYTES > SYNC_MESSAGE_BYTES_MAX {

@@ -189,9 +189,13 @@ impl<D: Disk> Node<D> {
             return;
         }
         let mut changed = false;
+        let mut waiting = false;
         for chunk in &chunks {
             match self.with_doc(&session, |doc| doc.apply_chunk(chunk)) {
-                Some(Ok(outcome)) => changed |= outcome.changed,
+                Some(Ok(outcome)) => {
+                    changed |= outcome.changed;
+                    waiting |= outcome.waiting_for_dependencies;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(%session, part = %chunk.part, error = %e, "pushed chunk refused");
                 }
@@ -201,6 +205,14 @@ impl<D: Disk> Node<D> {
         if changed {
             self.commit_doc(&session, false);
             self.remote_changes_arrived(&session);
+        }
+        if waiting {
+            // We missed earlier pushes: the changes just pushed wait in memory for them, not on
+            // disk, so they are not acknowledged; a sync with the writer closes the gap now
+            // rather than at the next anti-entropy round.
+            tracing::debug!(%session, from = %from.short(), "pushed changes wait for missed ones");
+            self.start_sync(from, &session, false);
+            return;
         }
         if let Some(ack) = ack {
             self.when_durable(
