@@ -253,6 +253,27 @@ fn a_replica_that_missed_pushes_catches_up_in_one_exchange_not_one_change_per_ro
 }
 
 #[test]
+fn an_old_orphan_does_not_make_a_later_push_look_unstored() {
+    let mut a = replica("node-a", "s1");
+    let mut b = SessionDoc::load(&key(), &writer_actor("node-b", 1), a.take_chunks()).unwrap();
+    let mut c = SessionDoc::load(&key(), &writer_actor("node-c", 1), b.snapshot()).unwrap();
+    c.append(&user("c1", "x")).unwrap();
+    c.take_chunks();
+    c.append(&user("c2", "x")).unwrap();
+    // c's second change reaches b without its first: it waits.
+    for chunk in c.take_chunks() {
+        assert!(b.apply_chunk(&chunk).unwrap().waiting_for_dependencies);
+    }
+    // a's push does not depend on c's changes: it is applied (and stored) in full.
+    a.append(&user("a1", "x")).unwrap();
+    for chunk in a.take_chunks() {
+        let outcome = b.apply_chunk(&chunk).unwrap();
+        assert!(outcome.changed && !outcome.waiting_for_dependencies, "{outcome:?}");
+    }
+    assert!(b.get("a1").unwrap().is_some());
+}
+
+#[test]
 fn sync_converges_after_a_partition_where_both_sides_appended() {
     let limits = SegmentLimits { messages_max: 5, bytes_max: 1 << 20 };
     let mut a = replica("node-a", "s1");

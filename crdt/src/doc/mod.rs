@@ -156,7 +156,9 @@ pub enum AppendOutcome {
 pub struct ApplyOutcome {
     /// Whether any part's heads moved.
     pub changed: bool,
-    /// Whether Automerge holds changes whose dependencies have not arrived (ask for a sync).
+    /// Whether changes wait for dependencies that have not arrived (ask for a sync): for a
+    /// chunk, some of its own changes (so they are in memory, not in the document, and must not
+    /// be acknowledged as stored); for a sync message, any change of the parts it touched.
     pub waiting_for_dependencies: bool,
 }
 
@@ -923,7 +925,10 @@ impl SessionDoc {
         let part = self.part_or_create(id)?;
         let before = part.heads();
         let (changed, parsed) = part.apply_many(id, pieces)?;
-        let waiting_for_dependencies = part.waiting_for_dependencies();
+        // These changes' own state, not the part's: a change queued earlier whose dependencies
+        // never come must not make every later push look unstored.
+        let waiting_for_dependencies =
+            parsed.iter().any(|c| part.doc.get_change_meta_by_hash(&c.hash()).is_none());
         if changed {
             self.part_changed(id, &before, &parsed)?;
         }

@@ -207,9 +207,9 @@ impl<D: Disk> Node<D> {
             self.remote_changes_arrived(&session);
         }
         if waiting {
-            // We missed earlier pushes: the changes just pushed wait in memory for them, not on
-            // disk, so they are not acknowledged; a sync with the writer closes the gap now
-            // rather than at the next anti-entropy round.
+            // We missed earlier pushes: (some of) the changes just pushed wait in memory for
+            // them, not on disk, so they are not acknowledged; a sync with the writer closes the
+            // gap now rather than at the next anti-entropy round.
             tracing::debug!(%session, from = %from.short(), "pushed changes wait for missed ones");
             self.start_sync(from, &session, false);
             return;
