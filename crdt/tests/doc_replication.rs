@@ -40,20 +40,38 @@ fn sync_pair(
     b: &mut SessionDoc,
     b_state: &mut PeerSyncState,
 ) -> usize {
-    let mut bytes = 0;
+    run_sync(a, a_state, b, b_state).bytes
+}
+
+/// What one run of the sync protocol exchanged.
+struct Exchanged {
+    bytes: usize,
+    messages: usize,
+}
+
+/// Runs the sync protocol, `a` speaking first, until neither side has anything to send.
+fn run_sync(
+    a: &mut SessionDoc,
+    a_state: &mut PeerSyncState,
+    b: &mut SessionDoc,
+    b_state: &mut PeerSyncState,
+) -> Exchanged {
+    let mut exchanged = Exchanged { bytes: 0, messages: 0 };
     for _round in 0..100 {
         let a_to_b = a.generate_sync_message(a_state).unwrap();
         if let Some(message) = &a_to_b {
-            bytes += message.wire_bytes();
+            exchanged.bytes += message.wire_bytes();
+            exchanged.messages += 1;
             b.receive_sync_message(b_state, message).unwrap();
         }
         let b_to_a = b.generate_sync_message(b_state).unwrap();
         if let Some(message) = &b_to_a {
-            bytes += message.wire_bytes();
+            exchanged.bytes += message.wire_bytes();
+            exchanged.messages += 1;
             a.receive_sync_message(a_state, message).unwrap();
         }
         if a_to_b.is_none() && b_to_a.is_none() {
-            return bytes;
+            return exchanged;
         }
     }
     panic!("sync did not terminate in 100 rounds");
@@ -199,32 +217,6 @@ fn a_chunk_before_its_dependency_waits_then_applies() {
     assert!(!again.changed, "a duplicated chunk changes nothing");
 }
 
-/// Runs the sync protocol like [`sync_pair`]; returns the messages sent.
-fn sync_messages(
-    a: &mut SessionDoc,
-    a_state: &mut PeerSyncState,
-    b: &mut SessionDoc,
-    b_state: &mut PeerSyncState,
-) -> usize {
-    let mut messages = 0;
-    for _round in 0..100 {
-        let a_to_b = a.generate_sync_message(a_state).unwrap();
-        if let Some(message) = &a_to_b {
-            messages += 1;
-            b.receive_sync_message(b_state, message).unwrap();
-        }
-        let b_to_a = b.generate_sync_message(b_state).unwrap();
-        if let Some(message) = &b_to_a {
-            messages += 1;
-            a.receive_sync_message(a_state, message).unwrap();
-        }
-        if a_to_b.is_none() && b_to_a.is_none() {
-            return messages;
-        }
-    }
-    panic!("sync did not terminate in 100 rounds");
-}
-
 #[test]
 fn a_replica_that_missed_pushes_catches_up_in_one_exchange_not_one_change_per_round() {
     let mut a = replica("node-a", "s1");
@@ -245,7 +237,7 @@ fn a_replica_that_missed_pushes_catches_up_in_one_exchange_not_one_change_per_ro
     // Anti-entropy then starts from the persisted states.
     let mut a_state = PeerSyncState::decode(&a_state.encode()).unwrap();
     let mut b_state = PeerSyncState::decode(&b_state.encode()).unwrap();
-    let messages = sync_messages(&mut a, &mut a_state, &mut b, &mut b_state);
+    let messages = run_sync(&mut a, &mut a_state, &mut b, &mut b_state).messages;
     assert_eq!(a.heads_digest(), b.heads_digest());
     assert_eq!(b.message_count(), 14);
     // Fetching the gap one change per round trip took 26 messages here.

@@ -230,7 +230,12 @@ fn read_fields(doc: &AutoCommit, obj: &ObjId) -> Fields {
 }
 
 fn counter(fields: &Fields, key: &str) -> u64 {
-    match fields.get(key) {
+    counter_value(fields.get(key))
+}
+
+/// A counter's value (0 when absent, not a counter, or below zero).
+fn counter_value(value: Option<&ScalarValue>) -> u64 {
+    match value {
         Some(ScalarValue::Counter(c)) => u64::try_from(i64::from(c)).unwrap_or(0),
         _ => 0,
     }
@@ -350,10 +355,7 @@ impl UsageIncrements {
 
 /// The value of counter `key` in map `obj` (0 when absent or not a counter).
 pub(crate) fn read_counter(doc: &AutoCommit, obj: &ObjId, key: &str) -> u64 {
-    match read_scalar(doc, obj, key) {
-        Some(ScalarValue::Counter(c)) => u64::try_from(i64::from(&c)).unwrap_or(0),
-        _ => 0,
-    }
+    counter_value(read_scalar(doc, obj, key).as_ref())
 }
 
 pub(crate) fn record_compaction(part: &mut Part) -> Result<(), DocError> {

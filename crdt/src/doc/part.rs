@@ -7,6 +7,7 @@
 //! one root structure instead of two conflicting ones (which would hide one side's messages).
 
 use super::error::DocError;
+use super::meta::{KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS};
 use super::{FORMAT_VERSION, GENESIS_ACTOR_BYTES, WRITER_ACTOR_BYTES_MAX, WRITER_ACTOR_BYTES_MIN};
 use crate::types::{PartId, SessionKey};
 use automerge::transaction::{CommitOptions, Transactable};
@@ -36,7 +37,9 @@ pub(crate) const MANIFEST_COUNTER_FIELDS: [&str; 1] = ["compactionCount"];
 /// Token counters of a segment: the usage of the turns whose output it holds. A turn's usage is
 /// written in the same change as its final message, so a turn costs no manifest change; a
 /// transcript's totals are the sums over its segments.
-pub(crate) const USAGE_COUNTER_FIELDS: [&str; 3] = ["inputTokens", "outputTokens", "totalTokens"];
+/// In (input, output, total) order, the order of [`super::segment::Segment::usage`].
+pub(crate) const USAGE_COUNTER_FIELDS: [&str; 3] =
+    [KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS];
 
 /// Automerge's storage framing: every chunk is `MAGIC_BYTES`, a checksum, a type byte, the
 /// LEB128 length of the data, then the data.

@@ -7,10 +7,8 @@
 //! only changes that insert before or delete existing elements make it re-read everything.
 
 use super::error::DocError;
-use super::meta::{
-    KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS, UsageIncrements, read_counter,
-};
-use super::part::{KEY_MESSAGES, KEY_USAGE, Part, genesis_object};
+use super::meta::{UsageIncrements, read_counter};
+use super::part::{KEY_MESSAGES, KEY_USAGE, Part, USAGE_COUNTER_FIELDS, genesis_object};
 use super::record::{Encoded, Entry, KEY_RECORD, message_from_bytes, pick_record, record_of};
 use crate::message::Message;
 use crate::types::PartId;
@@ -408,8 +406,7 @@ impl Segment {
     }
 
     fn read_usage(&self) -> [u64; 3] {
-        [KEY_INPUT_TOKENS, KEY_OUTPUT_TOKENS, KEY_TOTAL_TOKENS]
-            .map(|key| read_counter(&self.part.doc, &self.usage, key))
+        USAGE_COUNTER_FIELDS.map(|key| read_counter(&self.part.doc, &self.usage, key))
     }
 
     /// The timestamp of the message at `pos` (from the index view); `None` when the element is
