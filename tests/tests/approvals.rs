@@ -115,6 +115,12 @@ async fn an_operator_on_another_node_approves_a_command_and_the_tool_sees_it_wit
     assert_eq!(result["data"]["isError"], false, "{result}");
     assert!(result["data"]["result"].as_str().unwrap().contains("approved-on-node-2"), "{result}");
     chat.wait_final(&run_id, EVENT_TIMEOUT_MS).await.unwrap();
+    // `agent.wait` on a run that ended before anyone waited answers with its outcome at once.
+    let waited = chat
+        .call("agent.wait", json!({"runId": run_id, "timeoutMs": 5000}), CALL_TIMEOUT_MS)
+        .await
+        .unwrap();
+    assert_eq!(waited["status"], "ok", "{waited}");
     let resolved_event =
         next_named(&mut operator, "exec.approval.resolved", |p| p["id"] == id.as_str()).await;
     assert_eq!(resolved_event["decision"], "allow-once");

@@ -433,7 +433,8 @@ async fn track_runs(service: std::sync::Weak<NodeService>, mut events: broadcast
             };
             match outcome {
                 Some(o) if slot.outcome.borrow().is_none() => {
-                    let _ = slot.outcome.send(Some(o));
+                    // `send_replace`: `send` drops the value when no `agent.wait` is subscribed yet.
+                    slot.outcome.send_replace(Some(o));
                     Some(slot.session.clone())
                 }
                 _ => None,

@@ -499,7 +499,9 @@ async fn supervise(
     .await;
     tracing::debug!(status = %status.describe(), "command ended");
     *job.ended_at_ms.lock().unwrap_or_else(|p| p.into_inner()) = Some(now_ms());
-    let _ = job.status.send(status);
+    // `send_replace`, not `send`: `send` drops the value when nobody is subscribed yet, which is
+    // the case when the command ends before anyone asks `ended()`; the job would stay running.
+    job.status.send_replace(status);
 }
 
 /// `process {action, sessionId?}`: list, poll, log, kill and remove background jobs.
@@ -630,5 +632,29 @@ mod tests {
         assert!(polled.ends_with("23456789"), "{polled}");
         let text = b.text(100);
         assert!(text.starts_with("[output truncated: the first 13 bytes"), "{text}");
+    }
+
+    /// A command that ends before anyone asked `ended()` is still seen to end (the status is kept
+    /// with no subscriber: the 10 s exec flake of the approvals test).
+    #[tokio::test]
+    async fn a_job_that_ends_unwatched_reports_its_end() {
+        let ws = tempfile::tempdir().unwrap();
+        let registry = ProcessRegistry::new();
+        let job = registry
+            .spawn(SpawnSpec {
+                shell: Path::new("/bin/sh"),
+                command: "exit 0",
+                workdir: ws.path(),
+                env: &BTreeMap::new(),
+                timeout: Duration::from_secs(30),
+                session: &SessionKey::new("agent:main:main").unwrap(),
+            })
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while job.status().is_running() {
+            assert!(std::time::Instant::now() < deadline, "the job never left running");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(job.ended().await.is_success());
     }
 }
