@@ -21,8 +21,9 @@ pub mod doc;
 
 pub use doc::{
     AppendOutcome, ApplyOutcome, ArchiveEntry, DocError, FieldPatch, HISTORY_LIMIT_DEFAULT,
-    HISTORY_LIMIT_MAX, MetaPatch, PeerSyncState, SEGMENT_BYTES_MAX, SEGMENT_MESSAGES_MAX,
-    SYNC_MESSAGE_BYTES_MAX, SegmentLimits, SessionDoc, SessionMeta, SyncMessage, writer_actor,
+    HISTORY_LIMIT_MAX, HeadsTracker, MetaPatch, PeerSyncState, SEGMENT_BYTES_MAX,
+    SEGMENT_MESSAGES_MAX, SYNC_MESSAGE_BYTES_MAX, SegmentLimits, SessionDoc, SessionMeta,
+    SyncMessage, writer_actor,
 };
 
 pub mod cache;

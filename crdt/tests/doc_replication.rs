@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 use beamclaw_crdt::{
-    Chunk, DocError, MESSAGE_BODY_BYTES_MAX, Message, PartId, PeerSyncState, Role,
-    SYNC_MESSAGE_BYTES_MAX, SegmentLimits, SessionDoc, SessionKey, SyncMessage, Usage,
+    Chunk, DocError, FieldPatch, MESSAGE_BODY_BYTES_MAX, Message, MetaPatch, PartId, PeerSyncState,
+    Role, SYNC_MESSAGE_BYTES_MAX, SegmentLimits, SessionDoc, SessionKey, SyncMessage, Usage,
     writer_actor,
 };
 
@@ -263,6 +263,82 @@ fn an_old_orphan_does_not_make_a_later_push_look_unstored() {
         assert!(outcome.changed && !outcome.waiting_for_dependencies, "{outcome:?}");
     }
     assert!(b.get("a1").unwrap().is_some());
+}
+
+#[test]
+fn heads_tracked_from_pushed_changes_match_the_applied_document() {
+    let mut a = replica("node-a", "s1");
+    let mut b = SessionDoc::load(&key(), &writer_actor("node-b", 1), a.take_chunks()).unwrap();
+    a.append(&user("m0", "x")).unwrap();
+    push(&mut a, &mut b);
+    b.take_chunks(); // what a replica persists after applying
+    let mut tracker = b.heads_tracker();
+    assert_eq!(tracker.digest(), b.heads_digest());
+    // Three pushes taken without applying them; one repeated.
+    let mut taken = Vec::new();
+    for i in 1..=3 {
+        a.append(&user(&format!("m{i}"), "x")).unwrap();
+        for chunk in a.take_chunks() {
+            assert_eq!(tracker.advance(&chunk), Some(true), "push {i}");
+            taken.push(chunk);
+        }
+    }
+    assert_eq!(tracker.advance(&taken[2]), Some(false), "a head again brings nothing");
+    assert_eq!(tracker.digest(), a.heads_digest());
+    assert_ne!(tracker.digest(), b.heads_digest());
+    // Applied at once, as already persisted: the digests agree and nothing is written twice.
+    let outcome = b.apply_persisted_chunks(&taken).unwrap();
+    assert!(outcome.changed && !outcome.waiting_for_dependencies);
+    assert_eq!(b.heads_digest(), tracker.digest());
+    assert!(b.take_chunks().is_empty(), "the pushes are on disk already");
+    assert_eq!(ids(&b.history(10, None).unwrap()), ["m0", "m1", "m2", "m3"]);
+}
+
+#[test]
+fn a_tracker_refuses_what_it_cannot_account_for_without_applying() {
+    let mut a = replica("node-a", "s1");
+    let mut b = SessionDoc::load(&key(), &writer_actor("node-b", 1), a.take_chunks()).unwrap();
+    // A segment b does not have yet.
+    a.append(&user("m0", "x")).unwrap();
+    let started = a.take_chunks();
+    assert_eq!(b.heads_tracker().advance(&started[0]), None);
+    for chunk in &started {
+        b.apply_chunk(chunk).unwrap();
+    }
+    b.take_chunks();
+    let mut tracker = b.heads_tracker();
+    let before = tracker.digest();
+    // A gap: the second push before the first.
+    a.append(&user("m1", "x")).unwrap();
+    let first = a.take_chunks();
+    a.append(&user("m2", "x")).unwrap();
+    let second = a.take_chunks();
+    assert_eq!(tracker.advance(&second[0]), None);
+    // The manifest (a reset or a settings change may switch the transcript).
+    let label = MetaPatch { label: FieldPatch::Set("x".into()), ..MetaPatch::default() };
+    assert!(a.patch_meta(&label).unwrap());
+    let manifest = a.take_chunks();
+    assert_eq!(manifest.len(), 1);
+    assert_eq!(manifest[0].part, PartId::Manifest);
+    assert_eq!(tracker.advance(&manifest[0]), None);
+    // Bytes that do not parse, and a whole document.
+    let mut garbled = first[0].clone();
+    let last = garbled.bytes.len() - 1;
+    garbled.bytes[last] ^= 0xff;
+    assert_eq!(tracker.advance(&garbled), None);
+    let snapshot = a.snapshot();
+    assert_eq!(tracker.advance(&snapshot[1]), None);
+    // Another writer's first push to the segment starts with its genesis, which has no
+    // dependencies: refused, though b holds the same genesis.
+    let mut c = replica("node-c", "s1");
+    c.append(&user("c0", "x")).unwrap();
+    let theirs = c.take_chunks();
+    let segment = theirs.iter().find(|ch| ch.part != PartId::Manifest).unwrap();
+    assert_eq!(tracker.advance(segment), None);
+    assert_eq!(tracker.digest(), before, "a refusal moves nothing");
+    // A part that holds a change waiting for a missing one is not tracked until applied.
+    b.apply_chunk(&second[0]).unwrap();
+    assert_eq!(b.heads_tracker().advance(&first[0]), None);
 }
 
 #[test]

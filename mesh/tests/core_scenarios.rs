@@ -195,3 +195,44 @@ fn a_broadcast_reaches_every_live_node_once() {
         assert_eq!(got.len(), 1, "node {i} got {} copies", got.len());
     }
 }
+
+/// A replica stores the writer's pushes and acknowledges them without applying each one: it
+/// applies them in one batch `replica_settle_ms` later, or at once when the session is read.
+/// Its heads digest is exact all along.
+#[test]
+fn a_replica_applies_stored_pushes_in_one_batch_later_or_when_read() {
+    let mut h = Harness::new(3);
+    h.run_for(3_000);
+    let s = key("batched");
+    let first = h.submit(0, &s, "the first creates the segment", "k1");
+    h.run_for(3_000);
+    submitted(&h, first);
+    let owner = owner_index(&mut h, &s);
+    let replica = (0..3).find(|i| *i != owner).unwrap();
+    let count = |h: &mut Harness| {
+        h.node(replica).index_entries().find(|(k, _)| **k == s).map(|(_, e)| e.message_count)
+    };
+    assert_eq!(count(&mut h), Some(2));
+    let stored_before = h.node(replica).counters().pushes_stored_unapplied;
+    let settles_before = h.node(replica).counters().replica_settles;
+
+    // A second exchange: stored, acknowledged, digest level with the owner's, not applied yet.
+    let second = h.submit(0, &s, "the second", "k2");
+    h.run_for(300);
+    submitted(&h, second);
+    assert!(h.node(replica).counters().pushes_stored_unapplied >= stored_before + 2);
+    assert_eq!(h.node(replica).counters().replica_settles, settles_before);
+    assert_eq!(h.node(replica).heads_of(&s), h.node(owner).heads_of(&s));
+    assert_eq!(count(&mut h), Some(2), "the replica's own index lags until it applies");
+    // The settle delay (2 s) later, in one batch.
+    h.run_for(2_500);
+    assert_eq!(h.node(replica).counters().replica_settles, settles_before + 1);
+    assert_eq!(count(&mut h), Some(4));
+
+    // A read applies what is stored at once.
+    let third = h.submit(0, &s, "the third", "k3");
+    h.run_for(300);
+    submitted(&h, third);
+    assert_eq!(h.history(replica, &s).len(), 6);
+    assert_eq!(h.node(replica).heads_of(&s), h.node(owner).heads_of(&s));
+}

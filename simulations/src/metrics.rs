@@ -24,6 +24,9 @@ pub struct RunReport {
     pub owner_overlaps: u64,
     pub handoffs_completed: u64,
     pub claims: u64,
+    /// Pushes replicas stored before applying, and the batches they applied them in.
+    pub pushes_stored_unapplied: u64,
+    pub replica_settles: u64,
     /// Datagrams and frames delivered.
     pub network_messages: u64,
     pub events: u64,
@@ -60,6 +63,8 @@ pub struct Summary {
     pub owner_overlaps: u64,
     pub handoffs_completed: u64,
     pub claims: u64,
+    pub pushes_stored_unapplied: u64,
+    pub replica_settles: u64,
     pub network_messages: u64,
     pub events: u64,
     pub virtual_ms: u64,
@@ -83,6 +88,8 @@ impl Summary {
         self.owner_overlaps += r.owner_overlaps;
         self.handoffs_completed += r.handoffs_completed;
         self.claims += r.claims;
+        self.pushes_stored_unapplied += r.pushes_stored_unapplied;
+        self.replica_settles += r.replica_settles;
         self.network_messages += r.network_messages;
         self.events += r.events;
         self.virtual_ms += r.virtual_ms;
@@ -124,6 +131,10 @@ impl Summary {
             ("turns run twice (counted)", self.duplicate_turns.to_string()),
             ("owner overlaps (counted)", self.owner_overlaps.to_string()),
             ("claims / handoffs", format!("{} / {}", self.claims, self.handoffs_completed)),
+            (
+                "replica pushes stored / batches applied",
+                format!("{} / {}", self.pushes_stored_unapplied, self.replica_settles),
+            ),
             ("simulated messages / s (wall)", per_sec(self.network_messages)),
             ("simulated events / s (wall)", per_sec(self.events)),
             (

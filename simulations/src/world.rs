@@ -451,6 +451,8 @@ impl World {
             owner_overlaps: counters.owner_overlaps,
             handoffs_completed: counters.handoffs_completed,
             claims: counters.claims,
+            pushes_stored_unapplied: counters.pushes_stored_unapplied,
+            replica_settles: counters.replica_settles,
             network_messages: self.delivered,
             events: self.events,
             virtual_ms: self.now / US_PER_MS,
@@ -1864,6 +1866,8 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.owner_overlaps += c.owner_overlaps;
     total.handoffs_completed += c.handoffs_completed;
     total.claims += c.claims;
+    total.pushes_stored_unapplied += c.pushes_stored_unapplied;
+    total.replica_settles += c.replica_settles;
     total.turns_started += c.turns_started;
     total.step_downs += c.step_downs;
 }

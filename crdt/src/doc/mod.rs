@@ -21,6 +21,7 @@
 mod error;
 mod meta;
 mod part;
+mod pushed;
 mod record;
 mod segment;
 mod sync;
@@ -28,6 +29,7 @@ mod transcript;
 
 pub use error::DocError;
 pub use meta::{ARCHIVE_REASON_CONCURRENT, ArchiveEntry, FieldPatch, MetaPatch, SessionMeta};
+pub use pushed::HeadsTracker;
 pub use sync::{PeerSyncState, SyncMessage};
 
 use crate::message::{Message, Usage};
@@ -949,25 +951,50 @@ impl SessionDoc {
 
     /// blake3 over the sorted (part, heads) list: equal digests mean equal sessions.
     pub fn heads_digest(&mut self) -> HeadsDigest {
-        let mut hasher = blake3::Hasher::new();
-        for (part, heads) in self.part_heads() {
-            match &part {
-                PartId::Manifest => {
-                    hasher.update(b"m");
-                }
-                PartId::Segment { session_id, index } => {
-                    hasher.update(b"s");
-                    hasher.update(&(session_id.len() as u64).to_le_bytes());
-                    hasher.update(session_id.as_bytes());
-                    hasher.update(&index.to_le_bytes());
-                }
-            }
-            hasher.update(&(heads.len() as u64).to_le_bytes());
-            for head in &heads {
-                hasher.update(head);
+        let parts = self.part_heads();
+        pushed::digest_of(parts.iter().map(|(id, heads)| (id, heads.as_slice())))
+    }
+
+    /// The heads of every part, for a replica that takes pushes without applying them
+    /// ([`HeadsTracker::advance`]) until it applies them with [`Self::apply_persisted_chunks`].
+    pub fn heads_tracker(&mut self) -> HeadsTracker {
+        let mut parts = Vec::new();
+        for (id, heads) in self.part_heads() {
+            let deferrable = self.part_mut(&id).is_some_and(pushed::deferrable);
+            parts.push((id, heads, deferrable));
+        }
+        HeadsTracker::new(parts)
+    }
+
+    /// [`Self::apply_chunks`] for chunks that are already on disk (pushes a replica stored
+    /// before applying them): a part that had nothing unsaved before stays saved, so the next
+    /// [`Self::take_chunks`] does not write the same changes again.
+    pub fn apply_persisted_chunks(&mut self, chunks: &[Chunk]) -> Result<ApplyOutcome, DocError> {
+        let mut saved: Vec<&PartId> = Vec::new();
+        for chunk in chunks {
+            if !saved.contains(&&chunk.part)
+                && self.part_mut(&chunk.part).is_some_and(|p| p.is_saved())
+            {
+                saved.push(&chunk.part);
             }
         }
-        HeadsDigest(*hasher.finalize().as_bytes())
+        let outcome = self.apply_chunks(chunks)?;
+        for id in saved {
+            if let Some(part) = self.part_mut(id) {
+                part.mark_saved();
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The part `id`, if this copy has it.
+    fn part_mut(&mut self, id: &PartId) -> Option<&mut Part> {
+        match id {
+            PartId::Manifest => Some(&mut self.manifest),
+            PartId::Segment { session_id, index } => {
+                self.transcripts.get_mut(session_id)?.get_mut(index).map(|s| &mut s.part)
+            }
+        }
     }
 
     /// Estimated resident bytes of this hydrated session, for the cache's memory budget:

@@ -51,6 +51,33 @@ const CHUNK_TYPE_COMPRESSED: u8 = 2;
 /// Longest LEB128 encoding of a u64.
 const LEB128_BYTES_MAX: usize = 10;
 
+/// One change chunk, its checksum checked: the checksum is the first bytes of the change hash,
+/// and Automerge's incremental loader does not report a mismatch.
+fn parse_change(piece: &[u8]) -> Result<Change, String> {
+    let change = Change::try_from(piece).map_err(|e| e.to_string())?;
+    let stored = &piece[MAGIC_BYTES.len()..][..CHECKSUM_BYTES];
+    if change.hash().0[..CHECKSUM_BYTES] != *stored {
+        return Err("checksum mismatch".into());
+    }
+    Ok(change)
+}
+
+/// (hash, dependencies) of every change in `bytes`, in order; an error for a document chunk or
+/// bytes that do not parse.
+pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<super::pushed::ChangeMeta>, String> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (kind, piece, after) = split_chunk(rest).map_err(str::to_owned)?;
+        rest = after;
+        if kind != CHUNK_TYPE_CHANGE && kind != CHUNK_TYPE_COMPRESSED {
+            return Err(format!("chunk type {kind} is not a change"));
+        }
+        out.push(super::pushed::meta_of(&parse_change(piece)?));
+    }
+    Ok(out)
+}
+
 /// Splits the first Automerge chunk off `bytes`: (type, the whole chunk, the rest).
 fn split_chunk(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), &'static str> {
     let header = MAGIC_BYTES.len() + CHECKSUM_BYTES;
@@ -285,13 +312,7 @@ impl Part {
                     self.absorb(part, loaded)?;
                 }
                 CHUNK_TYPE_CHANGE | CHUNK_TYPE_COMPRESSED => {
-                    let change = Change::try_from(piece).map_err(|e| decode(e.to_string()))?;
-                    // The checksum is the first bytes of the change hash; Automerge's incremental
-                    // loader does not report a mismatch, so check it here.
-                    let stored = &piece[MAGIC_BYTES.len()..][..CHECKSUM_BYTES];
-                    if change.hash().0[..CHECKSUM_BYTES] != *stored {
-                        return Err(decode("checksum mismatch".into()));
-                    }
+                    let change = parse_change(piece).map_err(decode)?;
                     changes.push(change);
                 }
                 other => return Err(decode(format!("unexpected chunk type {other}"))),
@@ -348,6 +369,11 @@ impl Part {
         let bytes = self.doc.save();
         self.saved_heads = self.doc.get_heads();
         bytes
+    }
+
+    /// Whether every change of the part is in a chunk handed out already.
+    pub(crate) fn is_saved(&mut self) -> bool {
+        self.doc.get_heads() == self.saved_heads
     }
 
     /// Marks the current state as already persisted (after a load from chunks).

@@ -299,6 +299,8 @@ pub struct Counters {
     pub turn_outputs_stale: u64,
     pub changes_pushed: u64,
     pub changes_skipped_congested: u64,
+    pub pushes_stored_unapplied: u64,
+    pub replica_settles: u64,
     pub sync_rounds: u64,
     pub digests_sent: u64,
     pub claims: u64,

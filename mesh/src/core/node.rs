@@ -54,6 +54,10 @@ pub struct Timing {
     pub resume_grace_ms: u64,
     /// A sync exchange with no message for this long is considered finished or lost.
     pub sync_idle_ms: u64,
+    /// A replica applies the pushes it stored without applying them at most this long after the
+    /// first of them (sooner when the session is read): its own session index (`sessions.list`
+    /// on this node) lags the writer by about this much.
+    pub replica_settle_ms: u64,
 }
 
 impl Default for Timing {
@@ -71,6 +75,7 @@ impl Default for Timing {
             reannounce_ms: 2_000,
             resume_grace_ms: 1_500,
             sync_idle_ms: 5_000,
+            replica_settle_ms: 2_000,
         }
     }
 }
@@ -240,6 +245,9 @@ pub struct Node<D: Disk> {
     /// Sessions by owner node (our view), for takeover when a node goes down.
     pub(crate) by_owner: BTreeMap<NodeId, BTreeSet<SessionKey>>,
     pub(crate) docs: SessionCache<SessionDoc>,
+    /// Pushes stored (written to disk) but not yet applied to the hydrated copy, per session
+    /// (replicas only; see [`super::replication`]).
+    pub(crate) deferred: BTreeMap<SessionKey, super::replication::Deferred>,
     pub(crate) requests: BTreeMap<ReqId, PendingRequest>,
     /// Local subscribers per session (reference counts).
     pub(crate) local_subs: BTreeMap<SessionKey, u32>,
@@ -284,6 +292,7 @@ impl<D: Disk> Node<D> {
             sessions: BTreeMap::new(),
             by_owner: BTreeMap::new(),
             docs,
+            deferred: BTreeMap::new(),
             requests: BTreeMap::new(),
             local_subs: BTreeMap::new(),
             remote_subs: BTreeMap::new(),
@@ -464,6 +473,7 @@ impl<D: Disk> Node<D> {
             }
             Timer::Handoff(session) => self.handoff_tick(&session),
             Timer::Unanswered(session) => self.start_unanswered(&session),
+            Timer::Settle(session) => self.settle(&session),
             Timer::DrainDeadline => self.drain_deadline(),
             Timer::DrainRetry => self.drain_retry(),
             Timer::Quorum(ack) => self.quorum_timed_out(ack),
@@ -790,6 +800,7 @@ impl<D: Disk> Node<D> {
                     // What memory holds of these sessions is ahead of the disk: drop it, so that
                     // nothing not durable is ever reported as stored.
                     self.docs.remove(s);
+                    self.deferred.remove(s);
                 }
                 for w in waiters {
                     self.fail_after_durable(w, &reason);
@@ -865,6 +876,7 @@ impl<D: Disk> Node<D> {
                 // Our copy is damaged. Drop it; a replica's copy comes back through sync.
                 tracing::error!(session = %key, %reason, "quarantined session dropped; it will be re-synced from replicas");
                 self.write(Some(session), WriteOp::DeleteSession { key: session.clone() });
+                self.deferred.remove(session);
                 if let Some(state) = self.sessions.get_mut(session) {
                     state.heads = HeadsDigest::default();
                 }
@@ -889,18 +901,33 @@ impl<D: Disk> Node<D> {
         Ok(())
     }
 
-    /// Runs `f` on the hydrated document of `session`.
+    /// Runs `f` on the hydrated document of `session`, with every push stored for it applied
+    /// first.
     pub(crate) fn with_doc<R>(
         &mut self,
         session: &SessionKey,
         f: impl FnOnce(&mut SessionDoc) -> R,
     ) -> Option<R> {
+        if self.deferred.contains_key(session) {
+            self.settle(session);
+        }
         self.docs.update(session, f)
     }
 
     /// After a change to `session`'s document: persist its new chunks, refresh the index entry,
     /// and (when `push`) send the chunks to the replicas.
     pub(crate) fn commit_doc(&mut self, session: &SessionKey, push: bool) -> Option<u64> {
+        self.commit_doc_with(session, push, false)
+    }
+
+    /// [`Self::commit_doc`]; with `refresh`, the index entry is rewritten even when there are no
+    /// new chunks (changes applied that were already on disk).
+    pub(crate) fn commit_doc_with(
+        &mut self,
+        session: &SessionKey,
+        push: bool,
+        refresh: bool,
+    ) -> Option<u64> {
         let cached = self.sessions.get_mut(session).and_then(|s| s.meta.take());
         let (chunks, heads, entry, meta) = self.with_doc(session, |doc| {
             let chunks = doc.take_chunks();
@@ -918,7 +945,7 @@ impl<D: Disk> Node<D> {
             let entry = index_entry_with(doc, &meta);
             (chunks, heads, entry, (manifest, meta))
         })?;
-        if chunks.is_empty() {
+        if chunks.is_empty() && !refresh {
             if let Some(state) = self.sessions.get_mut(session) {
                 state.meta = Some(meta);
             }
@@ -931,16 +958,18 @@ impl<D: Disk> Node<D> {
         entry.owner = state.epoch.map(Into::into);
         entry.heads = heads;
         state.entry = entry.clone();
-        self.write(
-            Some(session),
-            WriteOp::AppendChunks { key: session.clone(), chunks: chunks.clone() },
-        );
+        if !chunks.is_empty() {
+            self.write(
+                Some(session),
+                WriteOp::AppendChunks { key: session.clone(), chunks: chunks.clone() },
+            );
+        }
         self.write(
             Some(session),
             WriteOp::PutIndex { key: session.clone(), entry: Box::new(entry) },
         );
         self.deliver(Event::SessionChanged { session: session.clone() });
-        if push { self.push_changes(session, chunks) } else { None }
+        if push && !chunks.is_empty() { self.push_changes(session, chunks) } else { None }
     }
 
     /// Persists the index entry of `session` as it is in memory (after an epoch change).

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use beamclaw_crdt::doc::{PeerSyncState, SyncMessage};
-use beamclaw_crdt::{Chunk, HeadsDigest, SessionKey};
+use beamclaw_crdt::{Chunk, HeadsDigest, HeadsTracker, SessionKey};
 
 use super::api::{Millis, RequestError};
 use super::ids::{Epoch, NodeId};
@@ -31,6 +31,28 @@ pub const SYNC_EXCHANGES_MAX: usize = 4096;
 
 /// How long a write quorum may wait for replica acknowledgements, in milliseconds.
 pub const QUORUM_WAIT_MS: u64 = 5_000;
+
+/// Pushes of one session a replica stores before applying them, at most; the next is applied
+/// with them at once.
+pub const DEFERRED_CHUNKS_MAX: usize = 64;
+
+/// Bytes of pushes of one session a replica stores before applying them, at most.
+pub const DEFERRED_BYTES_MAX: usize = 1024 * 1024;
+
+/// Pushes of a session that this replica stored (they are on disk, or on their way with the
+/// acknowledgement behind them) but has not applied to its copy yet: applying costs an
+/// Automerge call per push, and a replica is read far less often than it is written, so it
+/// applies them in one call when the session is next read or [`Timing::replica_settle_ms`]
+/// later. The tracker knows the heads they lead to, so digests and handoff checks are exact
+/// meanwhile.
+///
+/// [`Timing::replica_settle_ms`]: super::node::Timing::replica_settle_ms
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    tracker: HeadsTracker,
+    chunks: Vec<Chunk>,
+    bytes: usize,
+}
 
 /// A submit waiting for its write quorum.
 #[derive(Debug)]
@@ -188,6 +210,15 @@ impl<D: Disk> Node<D> {
             tracing::warn!(%session, error = %e, "pushed changes not applied");
             return;
         }
+        if self.store_unapplied(&session, &chunks) {
+            if let Some(ack) = ack {
+                self.when_durable(
+                    &session,
+                    AfterDurable::ChangesAck { session: session.clone(), to: from, ack },
+                );
+            }
+            return;
+        }
         let mut changed = false;
         let mut waiting = false;
         for chunk in &chunks {
@@ -219,6 +250,85 @@ impl<D: Disk> Node<D> {
                 &session,
                 AfterDurable::ChangesAck { session: session.clone(), to: from, ack },
             );
+        }
+    }
+
+    /// Stores pushed `chunks` without applying them, when that is exact (see [`Deferred`]): we
+    /// do not own the session, and every change follows on the heads we know. `false` when the
+    /// caller must apply them (after applying what was stored before).
+    fn store_unapplied(&mut self, session: &SessionKey, chunks: &[Chunk]) -> bool {
+        if self.sessions.get(session).is_none_or(|s| s.role.is_some()) {
+            return false;
+        }
+        let bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        let mut tracker = match self.deferred.get(session) {
+            Some(d) if d.chunks.len() + chunks.len() > DEFERRED_CHUNKS_MAX => return false,
+            Some(d) if d.bytes + bytes > DEFERRED_BYTES_MAX => return false,
+            Some(d) => d.tracker.clone(),
+            None => match self.docs.update(session, |doc| doc.heads_tracker()) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        let mut new = false;
+        for chunk in chunks {
+            match tracker.advance(chunk) {
+                Some(brought) => new |= brought,
+                None => return false,
+            }
+        }
+        if !new {
+            return true; // all known: nothing to store, only to acknowledge
+        }
+        let first = !self.deferred.contains_key(session);
+        let deferred = self.deferred.entry(session.clone()).or_insert_with(|| Deferred {
+            tracker: tracker.clone(),
+            chunks: Vec::new(),
+            bytes: 0,
+        });
+        deferred.tracker = tracker;
+        deferred.chunks.extend(chunks.iter().cloned());
+        deferred.bytes += bytes;
+        let heads = deferred.tracker.digest();
+        self.counters.pushes_stored_unapplied += 1;
+        let state = self.sessions.entry(session.clone()).or_default();
+        state.heads = heads;
+        state.entry.heads = heads;
+        let entry = state.entry.clone();
+        self.write(
+            Some(session),
+            WriteOp::AppendChunks { key: session.clone(), chunks: chunks.to_vec() },
+        );
+        self.write(
+            Some(session),
+            WriteOp::PutIndex { key: session.clone(), entry: Box::new(entry) },
+        );
+        if first {
+            let at = self.now + self.cfg.timing.replica_settle_ms;
+            self.set_timer(at, Timer::Settle(session.clone()));
+        }
+        true
+    }
+
+    /// Applies the pushes stored for `session` in one call and refreshes its index entry. The
+    /// pushes are on disk already: when the copy is no longer hydrated they are simply dropped
+    /// (the next hydration reads them).
+    pub(crate) fn settle(&mut self, session: &SessionKey) {
+        let Some(deferred) = self.deferred.remove(session) else { return };
+        self.counters.replica_settles += 1;
+        match self.docs.update(session, |doc| doc.apply_persisted_chunks(&deferred.chunks)) {
+            Some(Ok(outcome)) => {
+                if outcome.waiting_for_dependencies {
+                    // Cannot happen by the tracker's rule; anti-entropy repairs it if it does.
+                    tracing::warn!(%session, "stored pushes wait for dependencies");
+                }
+                self.commit_doc_with(session, false, true);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(%session, error = %e, "stored pushes refused; the copy is reloaded from disk");
+                self.docs.remove(session);
+            }
+            None => {}
         }
     }
 

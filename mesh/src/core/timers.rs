@@ -26,6 +26,8 @@ pub enum Timer {
     /// Start turns for acknowledged user messages without a reply (after remote changes
     /// settled).
     Unanswered(SessionKey),
+    /// Apply the pushes a replica stored without applying them.
+    Settle(SessionKey),
     /// The drain deadline.
     DrainDeadline,
     /// Retry draining sessions that had no live successor.

@@ -70,6 +70,8 @@ counters! {
     turn_outputs_stale: "Turn outputs refused for a stale epoch",
     changes_pushed: "Change pushes sent to replicas",
     changes_skipped_congested: "Change pushes skipped because the peer was congested",
+    pushes_stored_unapplied: "Pushes a replica stored and acknowledged before applying them",
+    replica_settles: "Batches of stored pushes a replica applied at once",
     sync_rounds: "Anti-entropy sync messages sent",
     digests_sent: "Anti-entropy digests sent",
     claims: "Sessions claimed by this node",
