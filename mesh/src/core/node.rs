@@ -972,7 +972,8 @@ impl<D: Disk> Node<D> {
         if push && !chunks.is_empty() { self.push_changes(session, chunks) } else { None }
     }
 
-    /// Persists the index entry of `session` as it is in memory (after an epoch change).
+    /// Persists the index entry of `session` as it is in memory (after an epoch change, or new
+    /// heads).
     pub(crate) fn persist_index(&mut self, session: &SessionKey) {
         let Some(state) = self.sessions.get_mut(session) else { return };
         state.entry.owner = state.epoch.map(Into::into);

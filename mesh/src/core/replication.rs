@@ -291,18 +291,12 @@ impl<D: Disk> Node<D> {
         deferred.bytes += bytes;
         let heads = deferred.tracker.digest();
         self.counters.pushes_stored_unapplied += 1;
-        let state = self.sessions.entry(session.clone()).or_default();
-        state.heads = heads;
-        state.entry.heads = heads;
-        let entry = state.entry.clone();
+        self.sessions.entry(session.clone()).or_default().heads = heads;
         self.write(
             Some(session),
             WriteOp::AppendChunks { key: session.clone(), chunks: chunks.to_vec() },
         );
-        self.write(
-            Some(session),
-            WriteOp::PutIndex { key: session.clone(), entry: Box::new(entry) },
-        );
+        self.persist_index(session);
         if first {
             let at = self.now + self.cfg.timing.replica_settle_ms;
             self.set_timer(at, Timer::Settle(session.clone()));
