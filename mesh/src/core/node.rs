@@ -246,8 +246,9 @@ pub struct Node<D: Disk> {
     pub(crate) by_owner: BTreeMap<NodeId, BTreeSet<SessionKey>>,
     pub(crate) docs: SessionCache<SessionDoc>,
     /// Pushes stored (written to disk) but not yet applied to the hydrated copy, per session
-    /// (replicas only; see [`super::replication`]).
-    pub(crate) deferred: BTreeMap<SessionKey, super::replication::Deferred>,
+    /// (replicas only; see [`super::replication::StoredPushes`]), and their bytes in all.
+    pub(crate) unapplied: BTreeMap<SessionKey, super::replication::StoredPushes>,
+    pub(crate) unapplied_bytes: usize,
     pub(crate) requests: BTreeMap<ReqId, PendingRequest>,
     /// Local subscribers per session (reference counts).
     pub(crate) local_subs: BTreeMap<SessionKey, u32>,
@@ -292,7 +293,8 @@ impl<D: Disk> Node<D> {
             sessions: BTreeMap::new(),
             by_owner: BTreeMap::new(),
             docs,
-            deferred: BTreeMap::new(),
+            unapplied: BTreeMap::new(),
+            unapplied_bytes: 0,
             requests: BTreeMap::new(),
             local_subs: BTreeMap::new(),
             remote_subs: BTreeMap::new(),
@@ -800,7 +802,7 @@ impl<D: Disk> Node<D> {
                     // What memory holds of these sessions is ahead of the disk: drop it, so that
                     // nothing not durable is ever reported as stored.
                     self.docs.remove(s);
-                    self.deferred.remove(s);
+                    self.take_unapplied(s);
                 }
                 for w in waiters {
                     self.fail_after_durable(w, &reason);
@@ -876,7 +878,7 @@ impl<D: Disk> Node<D> {
                 // Our copy is damaged. Drop it; a replica's copy comes back through sync.
                 tracing::error!(session = %key, %reason, "quarantined session dropped; it will be re-synced from replicas");
                 self.write(Some(session), WriteOp::DeleteSession { key: session.clone() });
-                self.deferred.remove(session);
+                self.take_unapplied(session);
                 if let Some(state) = self.sessions.get_mut(session) {
                     state.heads = HeadsDigest::default();
                 }
@@ -908,7 +910,7 @@ impl<D: Disk> Node<D> {
         session: &SessionKey,
         f: impl FnOnce(&mut SessionDoc) -> R,
     ) -> Option<R> {
-        if self.deferred.contains_key(session) {
+        if self.unapplied.contains_key(session) {
             self.settle(session);
         }
         self.docs.update(session, f)

@@ -39,6 +39,9 @@ pub const DEFERRED_CHUNKS_MAX: usize = 64;
 /// Bytes of pushes of one session a replica stores before applying them, at most.
 pub const DEFERRED_BYTES_MAX: usize = 1024 * 1024;
 
+/// Bytes of pushes stored before applying, all sessions of the node together, at most.
+pub const DEFERRED_TOTAL_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Pushes of a session that this replica stored (they are on disk, or on their way with the
 /// acknowledgement behind them) but has not applied to its copy yet: applying costs an
 /// Automerge call per push, and a replica is read far less often than it is written, so it
@@ -48,7 +51,7 @@ pub const DEFERRED_BYTES_MAX: usize = 1024 * 1024;
 ///
 /// [`Timing::replica_settle_ms`]: super::node::Timing::replica_settle_ms
 #[derive(Debug)]
-pub(crate) struct Deferred {
+pub(crate) struct StoredPushes {
     tracker: HeadsTracker,
     chunks: Vec<Chunk>,
     bytes: usize,
@@ -253,7 +256,7 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// Stores pushed `chunks` without applying them, when that is exact (see [`Deferred`]): we
+    /// Stores pushed `chunks` without applying them, when that is exact (see [`StoredPushes`]): we
     /// do not own the session, and every change follows on the heads we know. `false` when the
     /// caller must apply them (after applying what was stored before).
     fn store_unapplied(&mut self, session: &SessionKey, chunks: &[Chunk]) -> bool {
@@ -261,7 +264,10 @@ impl<D: Disk> Node<D> {
             return false;
         }
         let bytes: usize = chunks.iter().map(|c| c.bytes.len()).sum();
-        let mut tracker = match self.deferred.get(session) {
+        if self.unapplied_bytes + bytes > DEFERRED_TOTAL_BYTES_MAX {
+            return false;
+        }
+        let mut tracker = match self.unapplied.get(session) {
             Some(d) if d.chunks.len() + chunks.len() > DEFERRED_CHUNKS_MAX => return false,
             Some(d) if d.bytes + bytes > DEFERRED_BYTES_MAX => return false,
             Some(d) => d.tracker.clone(),
@@ -280,16 +286,17 @@ impl<D: Disk> Node<D> {
         if !new {
             return true; // all known: nothing to store, only to acknowledge
         }
-        let first = !self.deferred.contains_key(session);
-        let deferred = self.deferred.entry(session.clone()).or_insert_with(|| Deferred {
+        let first = !self.unapplied.contains_key(session);
+        let stored = self.unapplied.entry(session.clone()).or_insert_with(|| StoredPushes {
             tracker: tracker.clone(),
             chunks: Vec::new(),
             bytes: 0,
         });
-        deferred.tracker = tracker;
-        deferred.chunks.extend(chunks.iter().cloned());
-        deferred.bytes += bytes;
-        let heads = deferred.tracker.digest();
+        stored.tracker = tracker;
+        stored.chunks.extend(chunks.iter().cloned());
+        stored.bytes += bytes;
+        self.unapplied_bytes += bytes;
+        let heads = stored.tracker.digest();
         self.counters.pushes_stored_unapplied += 1;
         self.sessions.entry(session.clone()).or_default().heads = heads;
         self.write(
@@ -308,9 +315,9 @@ impl<D: Disk> Node<D> {
     /// pushes are on disk already: when the copy is no longer hydrated they are simply dropped
     /// (the next hydration reads them).
     pub(crate) fn settle(&mut self, session: &SessionKey) {
-        let Some(deferred) = self.deferred.remove(session) else { return };
+        let Some(stored) = self.take_unapplied(session) else { return };
         self.counters.replica_settles += 1;
-        match self.docs.update(session, |doc| doc.apply_persisted_chunks(&deferred.chunks)) {
+        match self.docs.update(session, |doc| doc.apply_persisted_chunks(&stored.chunks)) {
             Some(Ok(outcome)) => {
                 if outcome.waiting_for_dependencies {
                     // Cannot happen by the tracker's rule; anti-entropy repairs it if it does.
@@ -324,6 +331,13 @@ impl<D: Disk> Node<D> {
             }
             None => {}
         }
+    }
+
+    /// Removes the pushes stored unapplied for `session` (applying them is the caller's).
+    pub(crate) fn take_unapplied(&mut self, session: &SessionKey) -> Option<StoredPushes> {
+        let stored = self.unapplied.remove(session)?;
+        self.unapplied_bytes = self.unapplied_bytes.saturating_sub(stored.bytes);
+        Some(stored)
     }
 
     /// If we own `session`, look for unanswered user messages once the dust settles.
