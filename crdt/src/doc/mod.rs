@@ -960,7 +960,9 @@ impl SessionDoc {
     pub fn heads_tracker(&mut self) -> HeadsTracker {
         let mut parts = Vec::new();
         for (id, heads) in self.part_heads() {
-            let deferrable = self.part_mut(&id).is_some_and(pushed::deferrable);
+            // A part with a change waiting for dependencies is not tracked: a new change could
+            // release it, which the tracker would not see.
+            let deferrable = self.part_mut(&id).is_some_and(|p| !p.waiting_for_dependencies());
             parts.push((id, heads, deferrable));
         }
         HeadsTracker::new(parts)

@@ -62,9 +62,12 @@ fn parse_change(piece: &[u8]) -> Result<Change, String> {
     Ok(change)
 }
 
+/// (hash, dependencies) of a change.
+pub(crate) type ChangeMeta = ([u8; 32], Vec<[u8; 32]>);
+
 /// (hash, dependencies) of every change in `bytes`, in order; an error for a document chunk or
 /// bytes that do not parse.
-pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<super::pushed::ChangeMeta>, String> {
+pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<ChangeMeta>, String> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -73,7 +76,8 @@ pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<super::pushed::ChangeM
         if kind != CHUNK_TYPE_CHANGE && kind != CHUNK_TYPE_COMPRESSED {
             return Err(format!("chunk type {kind} is not a change"));
         }
-        out.push(super::pushed::meta_of(&parse_change(piece)?));
+        let change = parse_change(piece)?;
+        out.push((change.hash().0, change.deps().iter().map(|d| d.0).collect()));
     }
     Ok(out)
 }

@@ -12,12 +12,11 @@
 //! change waiting for dependencies (which the new change could release). Anything else is
 //! refused, and the caller applies for real.
 
-use super::part::{self, Part};
+use super::part;
 use crate::types::{Chunk, HeadsDigest, PartId};
-use automerge::Change;
 
 /// The heads of every part of one session, as they are after the pushes taken so far.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct HeadsTracker {
     /// In [`super::SessionDoc::part_heads`] order (the digest's), with whether pushes to the
     /// part may be taken (it held no change waiting for dependencies).
@@ -44,8 +43,7 @@ impl HeadsTracker {
         }
         let mut heads = current.clone();
         let mut new = false;
-        for change in part::change_metadata(&chunk.bytes).ok()? {
-            let (hash, deps) = change;
+        for (hash, deps) in part::change_metadata(&chunk.bytes).ok()? {
             if heads.contains(&hash) {
                 continue;
             }
@@ -93,17 +91,4 @@ pub(crate) fn digest_of<'a>(
         }
     }
     HeadsDigest(*hasher.finalize().as_bytes())
-}
-
-/// Whether pushes to `part` may be taken by a tracker: none of its changes waits for
-/// dependencies.
-pub(crate) fn deferrable(part: &mut Part) -> bool {
-    !part.waiting_for_dependencies()
-}
-
-/// (hash, dependencies) of a change, from its bytes.
-pub(crate) type ChangeMeta = ([u8; 32], Vec<[u8; 32]>);
-
-pub(crate) fn meta_of(change: &Change) -> ChangeMeta {
-    (change.hash().0, change.deps().iter().map(|d| d.0).collect())
 }

@@ -50,7 +50,7 @@ pub const DEFERRED_TOTAL_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// meanwhile.
 ///
 /// [`Timing::replica_settle_ms`]: super::node::Timing::replica_settle_ms
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct StoredPushes {
     tracker: HeadsTracker,
     chunks: Vec<Chunk>,
@@ -287,11 +287,7 @@ impl<D: Disk> Node<D> {
             return true; // all known: nothing to store, only to acknowledge
         }
         let first = !self.unapplied.contains_key(session);
-        let stored = self.unapplied.entry(session.clone()).or_insert_with(|| StoredPushes {
-            tracker: tracker.clone(),
-            chunks: Vec::new(),
-            bytes: 0,
-        });
+        let stored = self.unapplied.entry(session.clone()).or_default();
         stored.tracker = tracker;
         stored.chunks.extend(chunks.iter().cloned());
         stored.bytes += bytes;
