@@ -236,3 +236,65 @@ fn a_replica_applies_stored_pushes_in_one_batch_later_or_when_read() {
     assert_eq!(h.history(replica, &s).len(), 6);
     assert_eq!(h.node(replica).heads_of(&s), h.node(owner).heads_of(&s));
 }
+
+/// A sync exchange in which neither side's heads move (here: a peer that stays behind because
+/// our answers never reach it) is ended after `SYNC_FRUITLESS_ROUNDS_MAX` messages rather than
+/// answered for as long as the peer keeps talking.
+#[test]
+fn a_sync_exchange_that_changes_nothing_is_ended() {
+    use beamclaw_crdt::doc::PeerSyncState;
+    use beamclaw_mesh::core::wire::{self, Envelope, FRAME_BYTES_MAX, Msg, PROTOCOL_VERSION};
+    use beamclaw_mesh::core::{Effect, Input, SYNC_FRUITLESS_ROUNDS_MAX, generation_for_start};
+
+    let mut h = Harness::new(2);
+    h.run_for(3_000);
+    let s = key("stuck");
+    let first = h.submit(0, &s, "first", "k1");
+    h.run_for(1_000);
+    submitted(&h, first);
+    let chunks = h.disks[1].0.borrow().chunks.get(&s).cloned().unwrap();
+    let mut behind =
+        beamclaw_crdt::SessionDoc::load(&s, &beamclaw_crdt::writer_actor("peer", 1), chunks)
+            .unwrap();
+    let second = h.submit(0, &s, "second", "k2");
+    h.run_for(1_000);
+    submitted(&h, second);
+    assert_ne!(Some(behind.heads_digest()), h.node(0).heads_of(&s));
+
+    let peer = h.ids[1];
+    let mut answered = Vec::new();
+    for _ in 0..SYNC_FRUITLESS_ROUNDS_MAX + 3 {
+        let message = behind.generate_sync_message(&mut PeerSyncState::new()).unwrap();
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            from: peer,
+            generation: generation_for_start(1),
+            msg: Msg::Sync {
+                session: s.clone(),
+                message,
+                heads: behind.heads_digest(),
+                epoch: None,
+            },
+        };
+        let bytes = wire::encode(&env, FRAME_BYTES_MAX).unwrap();
+        let now = h.now;
+        let effects = h.node(0).handle(now, Input::Frame { from: peer, bytes });
+        let syncs = effects
+            .iter()
+            .filter(|e| match e {
+                Effect::SendFrame { to, bytes, .. } if *to == peer => {
+                    matches!(wire::decode(bytes, FRAME_BYTES_MAX).unwrap().msg, Msg::Sync { .. })
+                }
+                _ => false,
+            })
+            .count();
+        answered.push(syncs);
+    }
+    // The first message brings the peer's heads (progress); the next ones change nothing.
+    let rounds = SYNC_FRUITLESS_ROUNDS_MAX as usize;
+    assert!(answered[..rounds].iter().all(|n| *n == 1), "{answered:?}");
+    assert_eq!(answered[rounds], 0, "{answered:?}");
+    assert_eq!(h.node(0).counters().sync_exchanges_stalled, 1);
+    // The next message starts a new exchange, answered again.
+    assert_eq!(answered[rounds + 1], 1, "{answered:?}");
+}

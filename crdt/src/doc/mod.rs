@@ -1033,6 +1033,7 @@ impl SessionDoc {
         for (id, part) in parts {
             let state = peer.parts.entry(id.clone()).or_default();
             let before = state.clone();
+            sync::resend_needed(state);
             let Some(mut message) = part.doc.sync().generate_sync_message(state) else {
                 continue;
             };

@@ -29,6 +29,13 @@ pub const SYNC_STARTS_PER_DIGEST_MAX: usize = 64;
 /// Sync exchanges in progress (all peers), at most; the least recently active is dropped.
 pub const SYNC_EXCHANGES_MAX: usize = 4096;
 
+/// Sync messages received in a row that changed neither our copy nor the peer's heads, after
+/// which the exchange ends without a reply. A sound exchange changes one side's heads every
+/// round or two; one that does not is stuck (Automerge's sync state assumes no message is lost,
+/// and two sides that disagree about what was sent answer each other with the same message
+/// forever). Ending it persists the shared heads; the next digest mismatch starts afresh.
+pub const SYNC_FRUITLESS_ROUNDS_MAX: u32 = 8;
+
 /// How long a write quorum may wait for replica acknowledgements, in milliseconds.
 pub const QUORUM_WAIT_MS: u64 = 5_000;
 
@@ -69,6 +76,16 @@ pub(crate) struct QuorumWait {
 struct Exchange {
     state: PeerSyncState,
     last: Millis,
+    /// The heads the peer reported in its last message.
+    their_heads: Option<HeadsDigest>,
+    /// Messages received in a row that changed neither side's heads.
+    fruitless: u32,
+}
+
+impl Exchange {
+    fn new(state: PeerSyncState, now: Millis) -> Exchange {
+        Exchange { state, last: now, their_heads: None, fruitless: 0 }
+    }
 }
 
 /// Sync exchanges in progress, by (peer, session).
@@ -480,7 +497,7 @@ impl<D: Disk> Node<D> {
         };
         let state = stored.and_then(|b| PeerSyncState::decode(&b).ok()).unwrap_or_default();
         self.sync.make_room();
-        self.sync.exchanges.insert((peer, session.clone()), Exchange { state, last: self.now });
+        self.sync.exchanges.insert((peer, session.clone()), Exchange::new(state, self.now));
         self.send_sync_round(peer, session, true);
     }
 
@@ -533,24 +550,41 @@ impl<D: Disk> Node<D> {
             let stored = self.disk.sync_state(&from, &session).ok().flatten();
             let state = stored.and_then(|b| PeerSyncState::decode(&b).ok()).unwrap_or_default();
             self.sync.make_room();
-            self.sync.exchanges.insert(key.clone(), Exchange { state, last: self.now });
+            self.sync.exchanges.insert(key.clone(), Exchange::new(state, self.now));
         }
+        let Some(mut x) = self.sync.exchanges.remove(&key) else { return };
         let had_message = message.is_some();
+        let mut changed = false;
         if let Some(m) = message {
-            let Some(mut x) = self.sync.exchanges.remove(&key) else { return };
-            let outcome = self.with_doc(&session, |doc| doc.receive_sync_message(&mut x.state, &m));
-            x.last = self.now;
-            self.sync.exchanges.insert(key, x);
-            match outcome {
-                Some(Ok(o)) if o.changed => {
-                    self.commit_doc(&session, false);
-                    self.remote_changes_arrived(&session);
-                }
+            match self.with_doc(&session, |doc| doc.receive_sync_message(&mut x.state, &m)) {
+                Some(Ok(o)) => changed = o.changed,
                 Some(Err(e)) => tracing::warn!(%session, error = %e, "sync message refused"),
-                _ => {}
+                None => {}
             }
         }
-        self.send_sync_round(from, &session, had_message);
+        let progress = changed || x.their_heads != Some(their_heads);
+        x.their_heads = Some(their_heads);
+        x.fruitless = if progress { 0 } else { x.fruitless + 1 };
+        x.last = self.now;
+        let stuck = x.fruitless >= SYNC_FRUITLESS_ROUNDS_MAX;
+        if stuck {
+            tracing::warn!(%session, peer = %from.short(), rounds = x.fruitless, "sync exchange made no progress; ended");
+            self.counters.sync_exchanges_stalled += 1;
+            let bytes = x.state.encode();
+            self.write(
+                Some(&session),
+                WriteOp::PutSyncState { peer: peer_name(&from), key: session.clone(), bytes },
+            );
+        } else {
+            self.sync.exchanges.insert(key, x);
+        }
+        if changed {
+            self.commit_doc(&session, false);
+            self.remote_changes_arrived(&session);
+        }
+        if !stuck {
+            self.send_sync_round(from, &session, had_message);
+        }
         self.handoff_sync_progress(from, &session, their_heads);
     }
 }

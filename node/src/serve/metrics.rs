@@ -73,6 +73,7 @@ counters! {
     pushes_stored_unapplied: "Pushes a replica stored and acknowledged before applying them",
     replica_settles: "Batches of stored pushes a replica applied at once",
     sync_rounds: "Anti-entropy sync messages sent",
+    sync_exchanges_stalled: "Sync exchanges ended because several rounds in a row changed nothing",
     digests_sent: "Anti-entropy digests sent",
     claims: "Sessions claimed by this node",
     step_downs: "Sessions this node stopped owning because another node owns them",
