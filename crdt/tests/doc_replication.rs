@@ -653,3 +653,24 @@ fn history_reads_see_every_change_made_after_an_earlier_read() {
     assert_eq!(a.history(100, None).unwrap(), expected);
     assert_eq!(b.history(100, None).unwrap(), expected);
 }
+
+#[test]
+fn the_messages_a_chunk_records_are_read_without_a_document() {
+    let mut a = replica("node-a", "s1");
+    a.append(&user("m1", "hello")).unwrap();
+    let mut reply = Message::text("r1", Role::Assistant, "partial", 1_700_000_000_000);
+    reply.partial = true;
+    a.upsert(&reply).unwrap();
+    reply.partial = false;
+    a.upsert(&reply).unwrap();
+    let ids: Vec<String> = a
+        .take_chunks()
+        .iter()
+        .flat_map(|c| beamclaw_crdt::doc::recorded_message_ids(&c.bytes).unwrap())
+        .collect();
+    assert_eq!(ids, ["m1", "r1", "r1"]);
+    // A snapshot is a document, not changes: the caller must load it.
+    let snapshot = a.snapshot();
+    assert!(snapshot.iter().any(|c| beamclaw_crdt::doc::recorded_message_ids(&c.bytes).is_err()));
+    assert!(beamclaw_crdt::doc::recorded_message_ids(b"not automerge").is_err());
+}

@@ -9,7 +9,7 @@
 //! [`Disk`]) see only durable state, as the store's reads do.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use beamclaw_crdt::doc::SessionDoc;
@@ -53,6 +53,15 @@ pub struct OwnerWrite {
     pub after: Option<Epoch>,
 }
 
+/// See [`Durable::recorded`].
+#[derive(Default)]
+struct Recorded {
+    ids: HashSet<String>,
+    scanned: usize,
+    /// A chunk that is not a change (a snapshot) was among them: only the shadow can tell.
+    opaque: bool,
+}
+
 /// What a node has on disk.
 #[derive(Default)]
 pub struct Durable {
@@ -66,6 +75,10 @@ pub struct Durable {
     /// chunks each has applied: brought up to date when the checker looks, not as chunks land
     /// (most durable chunks are never looked at before the next compaction).
     shadows: BTreeMap<SessionKey, (SessionDoc, usize)>,
+    /// Message ids that durable changes of each session wrote, read from the chunks themselves,
+    /// with how many of the session's chunks were read: the acknowledgement check, which runs on
+    /// every acknowledgement, reads a few new chunks instead of applying them to a shadow.
+    recorded: BTreeMap<SessionKey, Recorded>,
     /// Bytes of chunks written, ever.
     pub bytes_written: u64,
 }
@@ -102,6 +115,7 @@ impl Durable {
                 WriteOp::DeleteSession { key } => {
                     self.chunks.remove(key);
                     self.shadows.remove(key);
+                    self.recorded.remove(key);
                     let before = self
                         .index
                         .remove(key)
@@ -139,6 +153,11 @@ impl Durable {
             if let Some((_, applied)) = self.shadows.get_mut(key) {
                 *applied = snapshot.len();
             }
+            // What the folded chunks recorded stays known; the snapshot is not read again.
+            self.scan_recorded(key);
+            if let Some(r) = self.recorded.get_mut(key) {
+                r.scanned = snapshot.len();
+            }
             self.chunks.insert(key.clone(), snapshot);
         }
     }
@@ -167,6 +186,30 @@ impl Durable {
             self.shadows.insert(key.clone(), (doc, chunks.len()));
         }
         Ok(self.shadows.get_mut(key).map(|(doc, _)| doc))
+    }
+
+    /// Whether a durable change of `session` here wrote message `id` (appended or replaced
+    /// it), read from the chunks and not from a document; `None` when a chunk is not a change
+    /// (then only [`Self::has_message`] can tell). Every chunk is read once.
+    pub fn recorded(&mut self, session: &SessionKey, id: &str) -> Option<bool> {
+        self.scan_recorded(session);
+        match self.recorded.get(session) {
+            Some(r) if r.opaque => None,
+            Some(r) => Some(r.ids.contains(id)),
+            None => Some(false),
+        }
+    }
+
+    fn scan_recorded(&mut self, session: &SessionKey) {
+        let Some(chunks) = self.chunks.get(session) else { return };
+        let r = self.recorded.entry(session.clone()).or_default();
+        for chunk in chunks.get(r.scanned..).unwrap_or_default() {
+            match beamclaw_crdt::doc::recorded_message_ids(&chunk.bytes) {
+                Ok(ids) => r.ids.extend(ids),
+                Err(_) => r.opaque = true,
+            }
+        }
+        r.scanned = chunks.len();
     }
 
     /// Whether message `id` of `session` is durable here, in the current transcript (an error

@@ -760,7 +760,13 @@ impl World {
         else {
             return;
         };
-        let durable = self.slots[i].durable.borrow_mut().has_message(&session, message_id);
+        let durable = {
+            let mut disk = self.slots[i].durable.borrow_mut();
+            match disk.recorded(&session, message_id) {
+                Some(found) => Ok(found),
+                None => disk.has_message(&session, message_id),
+            }
+        };
         match durable {
             Ok(durable) => self.checker.acknowledged(self.now, i, &session, message_id, durable),
             Err(e) => {

@@ -29,6 +29,7 @@ mod transcript;
 
 pub use error::DocError;
 pub use meta::{ARCHIVE_REASON_CONCURRENT, ArchiveEntry, FieldPatch, MetaPatch, SessionMeta};
+pub use part::recorded_message_ids;
 pub use pushed::HeadsTracker;
 pub use sync::{PeerSyncState, SyncMessage};
 

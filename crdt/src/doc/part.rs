@@ -82,6 +82,32 @@ pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<ChangeMeta>, String> {
     Ok(out)
 }
 
+/// Ids of the messages whose records the changes in `bytes` write (appends and overwrites), in
+/// order; an error for a document chunk (a snapshot) or bytes that do not parse. Reads the
+/// changes without a document, so a checker can tell what reached a disk without trusting the
+/// document code it checks (the simulator's acknowledged-is-durable check).
+pub fn recorded_message_ids(bytes: &[u8]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (kind, piece, after) = split_chunk(rest).map_err(str::to_owned)?;
+        rest = after;
+        if kind != CHUNK_TYPE_CHANGE && kind != CHUNK_TYPE_COMPRESSED {
+            return Err(format!("chunk type {kind} is not a change"));
+        }
+        for op in parse_change(piece)?.decode().operations {
+            let is_record =
+                matches!(&op.key, automerge::legacy::Key::Map(k) if k == super::record::KEY_RECORD);
+            if let (true, automerge::legacy::OpType::Put(ScalarValue::Bytes(record))) =
+                (is_record, &op.action)
+            {
+                out.push(super::record::Entry::from_bytes(record)?.id.into());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Splits the first Automerge chunk off `bytes`: (type, the whole chunk, the rest).
 fn split_chunk(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), &'static str> {
     let header = MAGIC_BYTES.len() + CHECKSUM_BYTES;
