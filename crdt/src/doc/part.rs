@@ -68,6 +68,15 @@ pub(crate) type ChangeMeta = ([u8; 32], Vec<[u8; 32]>);
 /// (hash, dependencies) of every change in `bytes`, in order; an error for a document chunk or
 /// bytes that do not parse.
 pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<ChangeMeta>, String> {
+    Ok(changes_in(bytes)?
+        .iter()
+        .map(|change| (change.hash().0, change.deps().iter().map(|d| d.0).collect()))
+        .collect())
+}
+
+/// Every change in `bytes`, in order, each checked; an error for a document chunk or bytes that
+/// do not parse.
+fn changes_in(bytes: &[u8]) -> Result<Vec<Change>, String> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -76,8 +85,7 @@ pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<ChangeMeta>, String> {
         if kind != CHUNK_TYPE_CHANGE && kind != CHUNK_TYPE_COMPRESSED {
             return Err(format!("chunk type {kind} is not a change"));
         }
-        let change = parse_change(piece)?;
-        out.push((change.hash().0, change.deps().iter().map(|d| d.0).collect()));
+        out.push(parse_change(piece)?);
     }
     Ok(out)
 }
@@ -88,14 +96,8 @@ pub(crate) fn change_metadata(bytes: &[u8]) -> Result<Vec<ChangeMeta>, String> {
 /// document code it checks (the simulator's acknowledged-is-durable check).
 pub fn recorded_message_ids(bytes: &[u8]) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let (kind, piece, after) = split_chunk(rest).map_err(str::to_owned)?;
-        rest = after;
-        if kind != CHUNK_TYPE_CHANGE && kind != CHUNK_TYPE_COMPRESSED {
-            return Err(format!("chunk type {kind} is not a change"));
-        }
-        for op in parse_change(piece)?.decode().operations {
+    for change in changes_in(bytes)? {
+        for op in change.decode().operations {
             let is_record =
                 matches!(&op.key, automerge::legacy::Key::Map(k) if k == super::record::KEY_RECORD);
             if let (true, automerge::legacy::OpType::Put(ScalarValue::Bytes(record))) =
