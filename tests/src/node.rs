@@ -536,6 +536,45 @@ impl Cluster {
         bail!("no session of {TRIES_MAX} created was owned by {}", self.nodes[owner].name())
     }
 
+    /// Waits until every running node's own row of `session` (`sessions.list`, its local index)
+    /// counts `messages` messages and all rows agree on the token counters and `updatedAt`.
+    /// Equal message counts alone do not mean equal copies: a turn run twice (on both sides of
+    /// a partition) adds its usage in a change of its own, which may still be on its way.
+    pub async fn wait_level(
+        &mut self,
+        session: &str,
+        messages: u64,
+        timeout: Duration,
+    ) -> Result<()> {
+        const AGREED: [&str; 4] = ["inputTokens", "outputTokens", "totalTokens", "updatedAt"];
+        let running: Vec<usize> =
+            (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()).collect();
+        let nodes = &self.nodes;
+        poll_until("every copy of the session is level", timeout, || async {
+            let mut first: Option<(String, Vec<Value>)> = None;
+            for node in running.iter().map(|i| &nodes[*i]) {
+                let row = node.local_row(session).await?.unwrap_or_default();
+                let count = row["messageCount"].as_u64();
+                anyhow::ensure!(
+                    count == Some(messages),
+                    "{}: {count:?} of {messages} messages",
+                    node.name()
+                );
+                let fields: Vec<Value> = AGREED.iter().map(|f| row[*f].clone()).collect();
+                match &first {
+                    None => first = Some((node.name().to_string(), fields)),
+                    Some((name, want)) => anyhow::ensure!(
+                        &fields == want,
+                        "{} has {AGREED:?} = {fields:?}, {name} has {want:?}",
+                        node.name()
+                    ),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Kills every node (SIGKILL: what is acknowledged is durable, so nothing may be missing)
     /// and reads each one's copy of `session` from its store.
     pub fn kill_all_and_read(&mut self, session: &str) -> Result<Vec<crate::replica::Replica>> {

@@ -157,6 +157,7 @@ async fn owner_killed_mid_turn_fails_over_and_catches_up() {
 
     // The replicas themselves, read from the stores: identical, holding every acknowledged
     // message, each answered by exactly one final reply.
+    cluster.wait_level(&session, reference.len() as u64, Duration::from_secs(20)).await.unwrap();
     let replicas = cluster.kill_all_and_read(&session).unwrap();
     for (i, r) in replicas.iter().enumerate() {
         assert_eq!(r, &replicas[0], "node {}'s replica differs from node 1's", i + 1);

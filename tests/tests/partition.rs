@@ -97,11 +97,7 @@ async fn both_sides_accept_turns_and_every_replica_converges_after_heal() {
     let mut c = cluster.node(0).client().await.unwrap();
     c.chat_turn(&session, "before the partition", "before", 30_000).await.unwrap();
     c.close().await;
-    poll_until("every node holds the first turn", Duration::from_secs(10), || {
-        rows_hold(&cluster, &session, 2)
-    })
-    .await
-    .unwrap();
+    cluster.wait_level(&session, 2, Duration::from_secs(10)).await.unwrap();
 
     // Cut node 3 off from nodes 1 and 2; the test still reaches all three gateways.
     lab.partition(&[&[0, 1], &[2]]).unwrap();
@@ -162,11 +158,7 @@ async fn both_sides_accept_turns_and_every_replica_converges_after_heal() {
     cluster.wait_formed(Duration::from_secs(20)).await.unwrap();
     let membership = healed.elapsed();
     let want = 2 + 2 * 2 * TURNS_PER_SIDE as u64;
-    poll_until("every replica holds both sides' turns", Duration::from_secs(30), || {
-        rows_hold(&cluster, &session, want)
-    })
-    .await
-    .unwrap();
+    cluster.wait_level(&session, want, Duration::from_secs(30)).await.unwrap();
     println!(
         "heal: membership converged in {} ms, every replica complete in {} ms",
         membership.as_millis(),
@@ -196,14 +188,4 @@ async fn both_sides_accept_turns_and_every_replica_converges_after_heal() {
         let answers = replicas[0].answers(id);
         assert_eq!(answers.len(), 1, "{text:?} answered {} times: {answers:?}", answers.len());
     }
-}
-
-/// Every node's local index row for `session` counts `want` messages.
-async fn rows_hold(cluster: &Cluster, session: &str, want: u64) -> anyhow::Result<()> {
-    for node in &cluster.nodes {
-        let row = node.local_row(session).await?;
-        let count = row.as_ref().and_then(|r| r["messageCount"].as_u64());
-        anyhow::ensure!(count == Some(want), "{}: {count:?} of {want} messages", node.name());
-    }
-    Ok(())
 }

@@ -200,17 +200,8 @@ async fn rolling_restart_under_load_loses_and_repeats_nothing() {
         .collect();
     // Replicas converge in the background: compare them once every node holds every message.
     for (session, texts) in &expected {
-        poll_until("every replica holds the whole session", Duration::from_secs(20), || async {
-            let want = 2 * texts.len() as u64;
-            for node in &cluster.nodes {
-                let row = node.local_row(session).await?;
-                let count = row.as_ref().and_then(|r| r["messageCount"].as_u64());
-                anyhow::ensure!(count == Some(want), "{}: {count:?} of {want}", node.name());
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let want = 2 * texts.len() as u64;
+        cluster.wait_level(session, want, Duration::from_secs(20)).await.unwrap();
     }
     for (session, texts) in &expected {
         let replicas = cluster.kill_all_and_read(session).unwrap();
