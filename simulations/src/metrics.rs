@@ -27,6 +27,9 @@ pub struct RunReport {
     /// Pushes replicas stored before applying, and the batches they applied them in.
     pub pushes_stored_unapplied: u64,
     pub replica_settles: u64,
+    /// Sync messages sent, and exchanges ended because they stopped making progress.
+    pub sync_rounds: u64,
+    pub sync_exchanges_stalled: u64,
     /// Datagrams and frames delivered.
     pub network_messages: u64,
     pub events: u64,
@@ -65,6 +68,11 @@ pub struct Summary {
     pub claims: u64,
     pub pushes_stored_unapplied: u64,
     pub replica_settles: u64,
+    pub sync_rounds: u64,
+    /// The seed that sent the most sync messages, and how many: an outlier here is how a sync
+    /// exchange that never ends shows itself.
+    pub sync_rounds_max: Option<(u64, u64)>,
+    pub sync_exchanges_stalled: u64,
     pub network_messages: u64,
     pub events: u64,
     pub virtual_ms: u64,
@@ -90,6 +98,11 @@ impl Summary {
         self.claims += r.claims;
         self.pushes_stored_unapplied += r.pushes_stored_unapplied;
         self.replica_settles += r.replica_settles;
+        self.sync_rounds += r.sync_rounds;
+        if self.sync_rounds_max.is_none_or(|(_, most)| r.sync_rounds > most) {
+            self.sync_rounds_max = Some((r.seed, r.sync_rounds));
+        }
+        self.sync_exchanges_stalled += r.sync_exchanges_stalled;
         self.network_messages += r.network_messages;
         self.events += r.events;
         self.virtual_ms += r.virtual_ms;
@@ -134,6 +147,16 @@ impl Summary {
             (
                 "replica pushes stored / batches applied",
                 format!("{} / {}", self.pushes_stored_unapplied, self.replica_settles),
+            ),
+            (
+                "sync messages / stuck exchanges ended",
+                format!(
+                    "{} ({}) / {}",
+                    self.sync_rounds,
+                    self.sync_rounds_max
+                        .map_or_else(|| "-".into(), |(seed, n)| format!("most: {n}, seed {seed}")),
+                    self.sync_exchanges_stalled
+                ),
             ),
             ("simulated messages / s (wall)", per_sec(self.network_messages)),
             ("simulated events / s (wall)", per_sec(self.events)),

@@ -453,6 +453,8 @@ impl World {
             claims: counters.claims,
             pushes_stored_unapplied: counters.pushes_stored_unapplied,
             replica_settles: counters.replica_settles,
+            sync_rounds: counters.sync_rounds,
+            sync_exchanges_stalled: counters.sync_exchanges_stalled,
             network_messages: self.delivered,
             events: self.events,
             virtual_ms: self.now / US_PER_MS,
@@ -1876,6 +1878,8 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.replica_settles += c.replica_settles;
     total.turns_started += c.turns_started;
     total.step_downs += c.step_downs;
+    total.sync_rounds += c.sync_rounds;
+    total.sync_exchanges_stalled += c.sync_exchanges_stalled;
 }
 
 fn short_result(r: &Result<Response, RequestError>) -> String {
