@@ -490,15 +490,28 @@ impl<D: Disk> Node<D> {
             tracing::warn!(%session, error = %e, "sync not started");
             return;
         }
-        let stored = self.sync.exchanges.get(&(peer, session.clone())).map(|x| x.state.encode());
-        let stored = match stored {
-            Some(bytes) => Some(bytes),
-            None => self.disk.sync_state(&peer, session).ok().flatten(),
+        let state = match self.sync.exchanges.get(&(peer, session.clone())) {
+            Some(x) => PeerSyncState::decode(&x.state.encode()).unwrap_or_default(),
+            None => self.persisted_sync_state(peer, session),
         };
-        let state = stored.and_then(|b| PeerSyncState::decode(&b).ok()).unwrap_or_default();
         self.sync.make_room();
         self.sync.exchanges.insert((peer, session.clone()), Exchange::new(state, self.now));
         self.send_sync_round(peer, session, true);
+    }
+
+    /// The sync state with `peer` for `session` as last persisted (empty when none or unreadable).
+    fn persisted_sync_state(&self, peer: NodeId, session: &SessionKey) -> PeerSyncState {
+        let stored = self.disk.sync_state(&peer, session).ok().flatten();
+        stored.and_then(|b| PeerSyncState::decode(&b).ok()).unwrap_or_default()
+    }
+
+    /// Ends an exchange: its state (the heads both sides share) is persisted for the next one.
+    fn persist_sync_state(&mut self, peer: NodeId, session: &SessionKey, state: &PeerSyncState) {
+        let bytes = state.encode();
+        self.write(
+            Some(session),
+            WriteOp::PutSyncState { peer: peer_name(&peer), key: session.clone(), bytes },
+        );
     }
 
     /// Generates and sends our next sync message to `peer`; when there is nothing to say and
@@ -517,12 +530,7 @@ impl<D: Disk> Node<D> {
         let epoch = self.sessions.get(session).and_then(|s| s.epoch);
         if message.is_none() && !report {
             // Both sides have nothing more to say.
-            let bytes = x.state.encode();
-            self.write(
-                Some(session),
-                WriteOp::PutSyncState { peer: peer_name(&peer), key: session.clone(), bytes },
-            );
-            return;
+            return self.persist_sync_state(peer, session, &x.state);
         }
         x.last = self.now;
         self.sync.exchanges.insert(key, x);
@@ -546,13 +554,14 @@ impl<D: Disk> Node<D> {
             return;
         }
         let key = (from, session.clone());
-        if !self.sync.exchanges.contains_key(&key) {
-            let stored = self.disk.sync_state(&from, &session).ok().flatten();
-            let state = stored.and_then(|b| PeerSyncState::decode(&b).ok()).unwrap_or_default();
-            self.sync.make_room();
-            self.sync.exchanges.insert(key.clone(), Exchange::new(state, self.now));
-        }
-        let Some(mut x) = self.sync.exchanges.remove(&key) else { return };
+        let mut x = match self.sync.exchanges.remove(&key) {
+            Some(x) => x,
+            None => {
+                let state = self.persisted_sync_state(from, &session);
+                self.sync.make_room();
+                Exchange::new(state, self.now)
+            }
+        };
         let had_message = message.is_some();
         let mut changed = false;
         if let Some(m) = message {
@@ -570,11 +579,7 @@ impl<D: Disk> Node<D> {
         if stuck {
             tracing::warn!(%session, peer = %from.short(), rounds = x.fruitless, "sync exchange made no progress; ended");
             self.counters.sync_exchanges_stalled += 1;
-            let bytes = x.state.encode();
-            self.write(
-                Some(&session),
-                WriteOp::PutSyncState { peer: peer_name(&from), key: session.clone(), bytes },
-            );
+            self.persist_sync_state(from, &session, &x.state);
         } else {
             self.sync.exchanges.insert(key, x);
         }
