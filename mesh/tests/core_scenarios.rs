@@ -298,3 +298,67 @@ fn a_sync_exchange_that_changes_nothing_is_ended() {
     // The next message starts a new exchange, answered again.
     assert_eq!(answered[rounds + 1], 1, "{answered:?}");
 }
+
+/// A digest that disagrees about a session whose copy changed a moment ago starts no sync (the
+/// push carrying the change is most likely on its way), at most `AE_DEFERRALS_MAX` times in a
+/// row; once the session has been quiet for `ae_recent_ms`, the same digest starts one at once.
+#[test]
+fn a_digest_mismatch_right_after_a_change_is_repaired_later() {
+    use beamclaw_mesh::core::wire::PROTOCOL_VERSION;
+    use beamclaw_mesh::core::wire::{self, DigestEntry, Envelope, FRAME_BYTES_MAX, Msg};
+    use beamclaw_mesh::core::{AE_DEFERRALS_MAX, Effect, Input, generation_for_start};
+
+    let mut h = Harness::new(2);
+    h.run_for(3_000);
+    let s = key("recent");
+    let first = h.submit(0, &s, "first", "k1");
+    h.run_for(3_000);
+    submitted(&h, first);
+    let owner = owner_index(&mut h, &s);
+    let other = 1 - owner;
+    let old = h.node(owner).heads_of(&s).unwrap();
+    let second = h.submit(owner, &s, "second", "k2");
+    h.run_for(500);
+    submitted(&h, second);
+    assert_ne!(h.node(owner).heads_of(&s), Some(old), "the second exchange changed the heads");
+
+    // The other node claims the old heads, as a digest sent just before our push reached it.
+    let peer = h.ids[other];
+    let digest = |h: &mut Harness| {
+        let epoch = h.node(owner).epoch_of(&s);
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            from: peer,
+            generation: generation_for_start(1),
+            msg: Msg::Digest {
+                entries: vec![DigestEntry { session: s.clone(), heads: old, epoch }],
+                from: None,
+                to: None,
+            },
+        };
+        let bytes = wire::encode(&env, FRAME_BYTES_MAX).unwrap();
+        let now = h.now;
+        let effects = h.node(owner).handle(now, Input::Frame { from: peer, bytes });
+        effects
+            .iter()
+            .filter(|e| match e {
+                Effect::SendFrame { to, bytes, .. } if *to == peer => {
+                    matches!(wire::decode(bytes, FRAME_BYTES_MAX).unwrap().msg, Msg::Sync { .. })
+                }
+                _ => false,
+            })
+            .count()
+    };
+    for round in 0..AE_DEFERRALS_MAX {
+        assert_eq!(digest(&mut h), 0, "digest {round} right after the change");
+    }
+    assert_eq!(h.node(owner).counters().sync_repairs_deferred, u64::from(AE_DEFERRALS_MAX));
+    assert_eq!(digest(&mut h), 1, "put off at most AE_DEFERRALS_MAX times in a row");
+
+    // Quiet for longer than ae_recent_ms (and than the idle time of the exchange just opened,
+    // whose answers this test kept): the first mismatch is synced at once.
+    h.run_for(6_000);
+    let deferred = h.node(owner).counters().sync_repairs_deferred;
+    assert_eq!(digest(&mut h), 1);
+    assert_eq!(h.node(owner).counters().sync_repairs_deferred, deferred);
+}

@@ -17,6 +17,11 @@ use beamclaw_sim::world::RUN_MS_DEFAULT;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Automerge allocates and frees many small objects per operation; mimalloc runs the simulator
+/// faster than the system allocator (docs/benchmarks.md, "Simulator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Every fault kind, the default of `run`.
 const FAULTS_ALL: &str = "partition,crash,deploy,loss,drift";
 /// Cluster sizes of `swim` when not given.

@@ -58,6 +58,11 @@ pub struct Timing {
     /// first of them (sooner when the session is read): its own session index (`sessions.list`
     /// on this node) lags the writer by about this much.
     pub replica_settle_ms: u64,
+    /// A digest that disagrees about a session whose copy here changed within this long starts
+    /// no sync: the changes in question are most likely still on their way (a push to or from
+    /// this node). Anti-entropy repairs what is really missing once the session has been quiet
+    /// this long, or at the latest after [`super::replication::AE_DEFERRALS_MAX`] digests.
+    pub ae_recent_ms: u64,
 }
 
 impl Default for Timing {
@@ -76,6 +81,7 @@ impl Default for Timing {
             resume_grace_ms: 1_500,
             sync_idle_ms: 5_000,
             replica_settle_ms: 2_000,
+            ae_recent_ms: 2_000,
         }
     }
 }
@@ -211,6 +217,10 @@ pub(crate) struct SessionState {
     /// The highest owner record known.
     pub epoch: Option<Epoch>,
     pub heads: HeadsDigest,
+    /// When `heads` last changed (see [`Timing::ae_recent_ms`]).
+    pub heads_changed_at: Millis,
+    /// Digest mismatches in a row that started no sync because `heads` had just changed.
+    pub ae_deferred: u32,
     /// Present while we own the session.
     pub role: Option<OwnerRole>,
     /// The last write batch holding changes of this session, while in flight.
@@ -218,6 +228,15 @@ pub(crate) struct SessionState {
     /// The metadata read at the last commit, with the manifest heads it was read at: reading
     /// it again is skipped while the manifest is unchanged (most commits add messages only).
     pub meta: Option<(Vec<[u8; 32]>, SessionMeta)>,
+}
+
+impl SessionState {
+    pub(crate) fn set_heads(&mut self, heads: HeadsDigest, now: Millis) {
+        if self.heads != heads {
+            self.heads = heads;
+            self.heads_changed_at = now;
+        }
+    }
 }
 
 /// A request this node originated and waits on.
@@ -955,7 +974,7 @@ impl<D: Disk> Node<D> {
         }
         let state = self.sessions.entry(session.clone()).or_default();
         state.meta = Some(meta);
-        state.heads = heads;
+        state.set_heads(heads, self.now);
         let mut entry = entry;
         entry.owner = state.epoch.map(Into::into);
         entry.heads = heads;

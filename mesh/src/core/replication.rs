@@ -26,6 +26,13 @@ pub const AE_SCAN_SESSIONS_MAX: usize = 4096;
 /// Sync exchanges started because of one digest, at most.
 pub const SYNC_STARTS_PER_DIGEST_MAX: usize = 64;
 
+/// Digest mismatches in a row about one session that may be put off because its copy here has
+/// just changed (see [`Timing::ae_recent_ms`]); the next one starts a sync regardless, so a
+/// session that changes all the time is still repaired.
+///
+/// [`Timing::ae_recent_ms`]: super::node::Timing::ae_recent_ms
+pub const AE_DEFERRALS_MAX: u32 = 4;
+
 /// Sync exchanges in progress (all peers), at most; the least recently active is dropped.
 pub const SYNC_EXCHANGES_MAX: usize = 4096;
 
@@ -311,7 +318,8 @@ impl<D: Disk> Node<D> {
         self.unapplied_bytes += bytes;
         let heads = stored.tracker.digest();
         self.counters.pushes_stored_unapplied += 1;
-        self.sessions.entry(session.clone()).or_default().heads = heads;
+        let now = self.now;
+        self.sessions.entry(session.clone()).or_default().set_heads(heads, now);
         self.write(
             Some(session),
             WriteOp::AppendChunks { key: session.clone(), chunks: chunks.to_vec() },
@@ -444,6 +452,9 @@ impl<D: Disk> Node<D> {
             }
             let our_heads = ours.map(|(_, heads)| heads);
             if our_heads != Some(e.heads) && starts < SYNC_STARTS_PER_DIGEST_MAX {
+                if self.defer_repair(&e.session) {
+                    continue;
+                }
                 starts += 1;
                 self.start_sync(from, &e.session, false);
             }
@@ -474,6 +485,24 @@ impl<D: Disk> Node<D> {
         for key in missing {
             self.start_sync(from, &key, false);
         }
+    }
+
+    /// Whether a digest mismatch about `session` is put off (and counted) because our copy
+    /// changed within [`Timing::ae_recent_ms`]: a push is most likely still on its way, and a sync
+    /// now would send what it carries a second time.
+    ///
+    /// [`Timing::ae_recent_ms`]: super::node::Timing::ae_recent_ms
+    fn defer_repair(&mut self, session: &SessionKey) -> bool {
+        let (now, recent_ms) = (self.now, self.cfg.timing.ae_recent_ms);
+        let Some(state) = self.sessions.get_mut(session) else { return false };
+        let recent = now.saturating_sub(state.heads_changed_at) < recent_ms;
+        if recent && state.ae_deferred < AE_DEFERRALS_MAX {
+            state.ae_deferred += 1;
+            self.counters.sync_repairs_deferred += 1;
+            return true;
+        }
+        state.ae_deferred = 0;
+        false
     }
 
     /// Opens a sync exchange with `peer` for `session` (unless one is active; `force` restarts
