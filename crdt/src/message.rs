@@ -164,6 +164,17 @@ impl Message {
         }
     }
 
+    /// Bytes of [`Self::text_content`], without building it.
+    pub fn text_len(&self) -> usize {
+        self.content
+            .iter()
+            .map(|part| match part {
+                ContentPart::Text { text } => text.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// The concatenated text parts (what a chat client shows).
     pub fn text_content(&self) -> String {
         let mut out = String::new();

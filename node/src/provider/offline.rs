@@ -59,8 +59,8 @@ impl Provider for OfflineProvider {
 
 /// The whole reply as events (pure: the same request always gives the same events).
 pub fn reply(request: &ProviderRequest<'_>) -> Vec<ProviderEvent> {
-    let input_chars: usize = request.system.len()
-        + request.messages.iter().map(|m| m.text_content().len()).sum::<usize>();
+    let input_chars: usize =
+        request.system.len() + request.messages.iter().map(|m| m.text_len()).sum::<usize>();
     let mut events = Vec::new();
     let last = request.messages.last();
     let tool_call =
