@@ -2,7 +2,8 @@
 
 mod support;
 
-use beamclaw_mesh::core::{RequestBody, Response, RunStatus};
+use beamclaw_mesh::core::wire::{self, Envelope, FRAME_BYTES_MAX, Msg, PROTOCOL_VERSION};
+use beamclaw_mesh::core::{Effect, Input, RequestBody, Response, RunStatus, generation_for_start};
 use support::{Harness, key};
 
 fn submitted(h: &Harness, req: u64) -> (String, RunStatus, u64) {
@@ -20,6 +21,30 @@ fn owner_index(h: &mut Harness, session: &beamclaw_crdt::SessionKey) -> usize {
         .collect();
     assert_eq!(owners.len(), 1, "expected exactly one owner, got {owners:?}");
     owners[0]
+}
+
+/// Hands node `to` a frame carrying `msg` from node `from` (outside the harness's network, at
+/// the harness's time) and counts the sync messages it sends `from` in answer.
+fn sync_answers(h: &mut Harness, to: usize, from: usize, msg: Msg) -> usize {
+    let peer = h.ids[from];
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        from: peer,
+        generation: generation_for_start(1),
+        msg,
+    };
+    let bytes = wire::encode(&env, FRAME_BYTES_MAX).unwrap();
+    let now = h.now;
+    let effects = h.node(to).handle(now, Input::Frame { from: peer, bytes });
+    effects
+        .iter()
+        .filter(|e| match e {
+            Effect::SendFrame { to, bytes, .. } if *to == peer => {
+                matches!(wire::decode(bytes, FRAME_BYTES_MAX).unwrap().msg, Msg::Sync { .. })
+            }
+            _ => false,
+        })
+        .count()
 }
 
 #[test]
@@ -243,8 +268,7 @@ fn a_replica_applies_stored_pushes_in_one_batch_later_or_when_read() {
 #[test]
 fn a_sync_exchange_that_changes_nothing_is_ended() {
     use beamclaw_crdt::doc::PeerSyncState;
-    use beamclaw_mesh::core::wire::{self, Envelope, FRAME_BYTES_MAX, Msg, PROTOCOL_VERSION};
-    use beamclaw_mesh::core::{Effect, Input, SYNC_FRUITLESS_ROUNDS_MAX, generation_for_start};
+    use beamclaw_mesh::core::SYNC_FRUITLESS_ROUNDS_MAX;
 
     let mut h = Harness::new(2);
     h.run_for(3_000);
@@ -261,34 +285,12 @@ fn a_sync_exchange_that_changes_nothing_is_ended() {
     submitted(&h, second);
     assert_ne!(Some(behind.heads_digest()), h.node(0).heads_of(&s));
 
-    let peer = h.ids[1];
     let mut answered = Vec::new();
     for _ in 0..SYNC_FRUITLESS_ROUNDS_MAX + 3 {
         let message = behind.generate_sync_message(&mut PeerSyncState::new()).unwrap();
-        let env = Envelope {
-            version: PROTOCOL_VERSION,
-            from: peer,
-            generation: generation_for_start(1),
-            msg: Msg::Sync {
-                session: s.clone(),
-                message,
-                heads: behind.heads_digest(),
-                epoch: None,
-            },
-        };
-        let bytes = wire::encode(&env, FRAME_BYTES_MAX).unwrap();
-        let now = h.now;
-        let effects = h.node(0).handle(now, Input::Frame { from: peer, bytes });
-        let syncs = effects
-            .iter()
-            .filter(|e| match e {
-                Effect::SendFrame { to, bytes, .. } if *to == peer => {
-                    matches!(wire::decode(bytes, FRAME_BYTES_MAX).unwrap().msg, Msg::Sync { .. })
-                }
-                _ => false,
-            })
-            .count();
-        answered.push(syncs);
+        let heads = behind.heads_digest();
+        let msg = Msg::Sync { session: s.clone(), message, heads, epoch: None };
+        answered.push(sync_answers(&mut h, 0, 1, msg));
     }
     // The first message brings the peer's heads (progress); the next ones change nothing.
     let rounds = SYNC_FRUITLESS_ROUNDS_MAX as usize;
@@ -304,9 +306,8 @@ fn a_sync_exchange_that_changes_nothing_is_ended() {
 /// row; once the session has been quiet for `ae_recent_ms`, the same digest starts one at once.
 #[test]
 fn a_digest_mismatch_right_after_a_change_is_repaired_later() {
-    use beamclaw_mesh::core::wire::PROTOCOL_VERSION;
-    use beamclaw_mesh::core::wire::{self, DigestEntry, Envelope, FRAME_BYTES_MAX, Msg};
-    use beamclaw_mesh::core::{AE_DEFERRALS_MAX, Effect, Input, generation_for_start};
+    use beamclaw_mesh::core::AE_DEFERRALS_MAX;
+    use beamclaw_mesh::core::wire::DigestEntry;
 
     let mut h = Harness::new(2);
     h.run_for(3_000);
@@ -323,31 +324,10 @@ fn a_digest_mismatch_right_after_a_change_is_repaired_later() {
     assert_ne!(h.node(owner).heads_of(&s), Some(old), "the second exchange changed the heads");
 
     // The other node claims the old heads, as a digest sent just before our push reached it.
-    let peer = h.ids[other];
     let digest = |h: &mut Harness| {
         let epoch = h.node(owner).epoch_of(&s);
-        let env = Envelope {
-            version: PROTOCOL_VERSION,
-            from: peer,
-            generation: generation_for_start(1),
-            msg: Msg::Digest {
-                entries: vec![DigestEntry { session: s.clone(), heads: old, epoch }],
-                from: None,
-                to: None,
-            },
-        };
-        let bytes = wire::encode(&env, FRAME_BYTES_MAX).unwrap();
-        let now = h.now;
-        let effects = h.node(owner).handle(now, Input::Frame { from: peer, bytes });
-        effects
-            .iter()
-            .filter(|e| match e {
-                Effect::SendFrame { to, bytes, .. } if *to == peer => {
-                    matches!(wire::decode(bytes, FRAME_BYTES_MAX).unwrap().msg, Msg::Sync { .. })
-                }
-                _ => false,
-            })
-            .count()
+        let entries = vec![DigestEntry { session: s.clone(), heads: old, epoch }];
+        sync_answers(h, owner, other, Msg::Digest { entries, from: None, to: None })
     };
     for round in 0..AE_DEFERRALS_MAX {
         assert_eq!(digest(&mut h), 0, "digest {round} right after the change");
