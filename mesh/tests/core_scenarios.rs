@@ -33,14 +33,17 @@ fn sync_answers(h: &mut Harness, to: usize, from: usize, msg: Msg) -> usize {
         generation: generation_for_start(1),
         msg,
     };
-    let bytes = wire::encode(&env, FRAME_BYTES_MAX).unwrap();
+    let Ok(bytes) = wire::encode(&env, FRAME_BYTES_MAX) else { panic!("frame does not encode") };
     let now = h.now;
     let effects = h.node(to).handle(now, Input::Frame { from: peer, bytes });
     effects
         .iter()
         .filter(|e| match e {
             Effect::SendFrame { to, bytes, .. } if *to == peer => {
-                matches!(wire::decode(bytes, FRAME_BYTES_MAX).unwrap().msg, Msg::Sync { .. })
+                matches!(
+                    wire::decode(bytes, FRAME_BYTES_MAX),
+                    Ok(Envelope { msg: Msg::Sync { .. }, .. })
+                )
             }
             _ => false,
         })
