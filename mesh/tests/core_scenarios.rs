@@ -2,6 +2,9 @@
 
 mod support;
 
+use beamclaw_crdt::doc::{PeerSyncState, SyncMessage};
+use beamclaw_crdt::{Message, SessionDoc, WriteOp, writer_actor};
+use beamclaw_mesh::core::NodeId;
 use beamclaw_mesh::core::wire::{self, Envelope, FRAME_BYTES_MAX, Msg, PROTOCOL_VERSION};
 use beamclaw_mesh::core::{Effect, Input, RequestBody, Response, RunStatus, generation_for_start};
 use support::{Harness, key};
@@ -26,6 +29,19 @@ fn owner_index(h: &mut Harness, session: &beamclaw_crdt::SessionKey) -> usize {
 /// Hands node `to` a frame carrying `msg` from node `from` (outside the harness's network, at
 /// the harness's time) and counts the sync messages it sends `from` in answer.
 fn sync_answers(h: &mut Harness, to: usize, from: usize, msg: Msg) -> usize {
+    sync_replies(h, to, from, msg).len()
+}
+
+/// The sync messages node `to` answers with when node `from` sends it `msg` (`None` for an
+/// answer that only reports heads).
+fn sync_replies(h: &mut Harness, to: usize, from: usize, msg: Msg) -> Vec<Option<SyncMessage>> {
+    let effects = frame_effects(h, to, from, msg);
+    replies_in(&effects, h.ids[from])
+}
+
+/// Hands node `to` the frame `msg` from node `from`; the effects are the caller's (nothing is
+/// sent or written).
+fn frame_effects(h: &mut Harness, to: usize, from: usize, msg: Msg) -> Vec<Effect> {
     let peer = h.ids[from];
     let env = Envelope {
         version: PROTOCOL_VERSION,
@@ -35,19 +51,22 @@ fn sync_answers(h: &mut Harness, to: usize, from: usize, msg: Msg) -> usize {
     };
     let Ok(bytes) = wire::encode(&env, FRAME_BYTES_MAX) else { panic!("frame does not encode") };
     let now = h.now;
-    let effects = h.node(to).handle(now, Input::Frame { from: peer, bytes });
+    h.node(to).handle(now, Input::Frame { from: peer, bytes })
+}
+
+fn replies_in(effects: &[Effect], peer: NodeId) -> Vec<Option<SyncMessage>> {
     effects
         .iter()
-        .filter(|e| match e {
+        .filter_map(|e| match e {
             Effect::SendFrame { to, bytes, .. } if *to == peer => {
-                matches!(
-                    wire::decode(bytes, FRAME_BYTES_MAX),
-                    Ok(Envelope { msg: Msg::Sync { .. }, .. })
-                )
+                match wire::decode(bytes, FRAME_BYTES_MAX) {
+                    Ok(Envelope { msg: Msg::Sync { message, .. }, .. }) => Some(message),
+                    _ => None,
+                }
             }
-            _ => false,
+            _ => None,
         })
-        .count()
+        .collect()
 }
 
 #[test]
@@ -270,7 +289,6 @@ fn a_replica_applies_stored_pushes_in_one_batch_later_or_when_read() {
 /// answered for as long as the peer keeps talking.
 #[test]
 fn a_sync_exchange_that_changes_nothing_is_ended() {
-    use beamclaw_crdt::doc::PeerSyncState;
     use beamclaw_mesh::core::SYNC_FRUITLESS_ROUNDS_MAX;
 
     let mut h = Harness::new(2);
@@ -344,4 +362,70 @@ fn a_digest_mismatch_right_after_a_change_is_repaired_later() {
     let deferred = h.node(owner).counters().sync_repairs_deferred;
     assert_eq!(digest(&mut h), 1);
     assert_eq!(h.node(owner).counters().sync_repairs_deferred, deferred);
+}
+
+/// Copies with equal heads end an exchange without an Automerge round: a level peer's message is
+/// answered with an empty one (which ends the exchange on its side), an empty one is not
+/// answered, and the state kept for the next exchange shares the current heads. An exchange
+/// that brings the receiver level ends the same way, without a last round to learn it.
+#[test]
+fn a_sync_between_level_copies_ends_after_one_message_each_way() {
+    let mut h = Harness::new(2);
+    h.run_for(3_000);
+    let s = key("level");
+    let first = h.submit(0, &s, "first", "k1");
+    h.run_for(3_000);
+    submitted(&h, first);
+    assert_eq!(h.node(0).heads_of(&s), h.node(1).heads_of(&s), "both copies are level");
+    let chunks = h.disks[1].0.borrow().chunks.get(&s).cloned().unwrap();
+    let mut copy = SessionDoc::load(&s, &writer_actor("peer", 1), chunks).unwrap();
+    let level = h.node(0).counters().sync_exchanges_level;
+    let sync = |copy: &mut SessionDoc, state: &mut PeerSyncState| {
+        let message = copy.generate_sync_message(state).unwrap();
+        Msg::Sync { session: s.clone(), message, heads: copy.heads_digest(), epoch: None }
+    };
+
+    let msg = sync(&mut copy, &mut PeerSyncState::new());
+    assert!(matches!(&msg, Msg::Sync { message: Some(_), .. }), "a fresh state says something");
+    let effects = frame_effects(&mut h, 0, 1, msg);
+    assert_eq!(replies_in(&effects, h.ids[1]), vec![None]);
+    assert_eq!(h.node(0).counters().sync_exchanges_level, level + 1);
+    let persisted: Vec<&[u8]> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist { writes, .. } => Some(&writes.ops),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|op| match op {
+            WriteOp::PutSyncState { bytes, .. } => Some(bytes.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let mut shared = PeerSyncState::new();
+    shared.set_level(&copy.part_heads());
+    assert_eq!(persisted, vec![shared.encode().as_slice()], "the next exchange starts level");
+    let empty =
+        Msg::Sync { session: s.clone(), message: None, heads: copy.heads_digest(), epoch: None };
+    assert_eq!(sync_replies(&mut h, 0, 1, empty), vec![]);
+
+    // The peer's copy gets a message node 0 lacks; the exchange that brings it over ends with
+    // node 0's empty answer once it applied it.
+    copy.append(&Message::user_text("u:peer-only", "from the peer", 1)).unwrap();
+    let mut state = PeerSyncState::new();
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let msg = sync(&mut copy, &mut state);
+        let replies = sync_replies(&mut h, 0, 1, msg);
+        answers.push(replies.iter().map(Option::is_some).collect::<Vec<_>>());
+        match replies.as_slice() {
+            [Some(reply)] => {
+                copy.receive_sync_message(&mut state, reply).unwrap();
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(h.node(0).heads_of(&s), Some(copy.heads_digest()), "{answers:?}");
+    assert_eq!(answers.last(), Some(&vec![false]), "ended by an empty answer: {answers:?}");
+    assert_eq!(h.node(0).counters().sync_exchanges_level, level + 2);
 }

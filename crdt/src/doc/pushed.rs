@@ -61,6 +61,12 @@ impl HeadsTracker {
         Some(new)
     }
 
+    /// Each part's heads, in [`super::SessionDoc::part_heads`] form, as they are once the taken
+    /// chunks are applied.
+    pub fn part_heads(&self) -> Vec<(PartId, Vec<[u8; 32]>)> {
+        self.parts.iter().map(|(id, heads, _)| (id.clone(), heads.clone())).collect()
+    }
+
     /// The digest of the heads, equal to [`super::SessionDoc::heads_digest`] once the taken
     /// chunks are applied.
     pub fn digest(&self) -> HeadsDigest {

@@ -75,6 +75,23 @@ impl PeerSyncState {
         out
     }
 
+    /// Records that the peer's copy equals ours, whose parts have `heads`: the state an exchange
+    /// that found both sides level would end in, without running Automerge's protocol to learn
+    /// it. Equal heads digests mean equal copies, so the next exchange starts from these heads.
+    pub fn set_level(&mut self, heads: &[(PartId, Vec<[u8; 32]>)]) {
+        for (part, hashes) in heads {
+            let hashes: Vec<ChangeHash> = hashes.iter().map(|h| ChangeHash(*h)).collect();
+            let state = self.parts.entry(part.clone()).or_default();
+            state.shared_heads = hashes.clone();
+            state.last_sent_heads = hashes.clone();
+            state.their_heads = Some(hashes);
+            state.their_need = None;
+            state.their_have = Some(Vec::new());
+            state.sent_hashes.clear();
+            state.in_flight = false;
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<PeerSyncState, DocError> {
         let Some((&format, rest)) = bytes.split_first() else {
             return Err(DocError::SyncStateDecode { reason: "empty".into() });

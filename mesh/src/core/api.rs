@@ -303,6 +303,7 @@ pub struct Counters {
     pub replica_settles: u64,
     pub sync_rounds: u64,
     pub sync_exchanges_stalled: u64,
+    pub sync_exchanges_level: u64,
     pub sync_repairs_deferred: u64,
     pub digests_sent: u64,
     pub claims: u64,

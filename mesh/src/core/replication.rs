@@ -582,6 +582,13 @@ impl<D: Disk> Node<D> {
             tracing::warn!(%session, error = %e, "sync message not applied");
             return;
         }
+        if self.heads_equal(&session, their_heads) {
+            // Equal digests are equal copies: nothing to send either way, and no Automerge call
+            // to learn it (most exchanges of a handoff or a drain start level, or get there after
+            // one message).
+            self.end_level(from, &session, message.is_some());
+            return self.handoff_sync_progress(from, &session, their_heads);
+        }
         let key = (from, session.clone());
         let mut x = match self.sync.exchanges.remove(&key) {
             Some(x) => x,
@@ -617,8 +624,52 @@ impl<D: Disk> Node<D> {
             self.remote_changes_arrived(&session);
         }
         if !stuck {
-            self.send_sync_round(from, &session, had_message);
+            if self.heads_equal(&session, their_heads) {
+                self.end_level(from, &session, had_message);
+            } else {
+                self.send_sync_round(from, &session, had_message);
+            }
         }
         self.handoff_sync_progress(from, &session, their_heads);
+    }
+
+    /// Whether our copy of `session` has the heads digest `theirs` (a copy we do not have is
+    /// level with nothing).
+    fn heads_equal(&self, session: &SessionKey, theirs: HeadsDigest) -> bool {
+        self.sessions.get(session).is_some_and(|s| s.heads == theirs)
+    }
+
+    /// Ends the exchange with `peer` about `session`, whose copies are level: its state is
+    /// persisted as sharing our heads, and when the peer's message carried something
+    /// (`answer`) it is told our heads with an empty message, which ends the exchange on its
+    /// side too. An empty message is not answered, so two level nodes exchange at most one
+    /// message each way.
+    fn end_level(&mut self, peer: NodeId, session: &SessionKey, answer: bool) {
+        let key = (peer, session.clone());
+        let exchange = self.sync.exchanges.remove(&key);
+        if exchange.is_some() || answer {
+            self.counters.sync_exchanges_level += 1;
+            let heads = match self.unapplied.get(session) {
+                Some(stored) => Some(stored.tracker.part_heads()),
+                None => self.docs.update(session, |doc| doc.part_heads()),
+            };
+            // Not hydrated: the state persisted last stays (older shared heads cost the next
+            // exchange a larger first message, not correctness).
+            if let Some(heads) = heads {
+                let mut state = match exchange {
+                    Some(x) => x.state,
+                    None => self.persisted_sync_state(peer, session),
+                };
+                state.set_level(&heads);
+                self.persist_sync_state(peer, session, &state);
+            }
+        }
+        if answer {
+            let state = self.sessions.get(session);
+            let (heads, epoch) =
+                (state.map(|s| s.heads).unwrap_or_default(), state.and_then(|s| s.epoch));
+            self.counters.sync_rounds += 1;
+            self.send(peer, Msg::Sync { session: session.clone(), message: None, heads, epoch });
+        }
     }
 }

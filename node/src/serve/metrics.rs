@@ -74,6 +74,7 @@ counters! {
     replica_settles: "Batches of stored pushes a replica applied at once",
     sync_rounds: "Anti-entropy sync messages sent",
     sync_exchanges_stalled: "Sync exchanges ended because several rounds in a row changed nothing",
+    sync_exchanges_level: "Sync exchanges ended without an Automerge round because both copies had equal heads",
     sync_repairs_deferred: "Anti-entropy mismatches not synced yet because the session had just changed here",
     digests_sent: "Anti-entropy digests sent",
     claims: "Sessions claimed by this node",
