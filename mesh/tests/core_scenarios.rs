@@ -6,7 +6,10 @@ use beamclaw_crdt::doc::{PeerSyncState, SyncMessage};
 use beamclaw_crdt::{Message, SessionDoc, WriteOp, writer_actor};
 use beamclaw_mesh::core::NodeId;
 use beamclaw_mesh::core::wire::{self, Envelope, FRAME_BYTES_MAX, Msg, PROTOCOL_VERSION};
-use beamclaw_mesh::core::{Effect, Input, RequestBody, Response, RunStatus, generation_for_start};
+use beamclaw_mesh::core::{
+    Command, Effect, Input, LIST_SETTLES_MAX, RequestBody, Response, RunStatus, Timing,
+    generation_for_start,
+};
 use support::{Harness, key};
 
 fn submitted(h: &Harness, req: u64) -> (String, RunStatus, u64) {
@@ -252,7 +255,7 @@ fn a_replica_applies_stored_pushes_in_one_batch_later_or_when_read() {
     h.run_for(3_000);
     let s = key("batched");
     let first = h.submit(0, &s, "the first creates the segment", "k1");
-    h.run_for(3_000);
+    h.run_for(Timing::default().replica_settle_ms + 1_000);
     submitted(&h, first);
     let owner = owner_index(&mut h, &s);
     let replica = (0..3).find(|i| *i != owner).unwrap();
@@ -271,16 +274,26 @@ fn a_replica_applies_stored_pushes_in_one_batch_later_or_when_read() {
     assert_eq!(h.node(replica).counters().replica_settles, settles_before);
     assert_eq!(h.node(replica).heads_of(&s), h.node(owner).heads_of(&s));
     assert_eq!(count(&mut h), Some(2), "the replica's own index lags until it applies");
-    // The settle delay (2 s) later, in one batch.
-    h.run_for(2_500);
+    // The settle delay later, in one batch.
+    h.run_for(Timing::default().replica_settle_ms + 500);
     assert_eq!(h.node(replica).counters().replica_settles, settles_before + 1);
     assert_eq!(count(&mut h), Some(4));
 
-    // A read applies what is stored at once.
+    // A listing of the replica's index applies what is stored first.
     let third = h.submit(0, &s, "the third", "k3");
     h.run_for(300);
     submitted(&h, third);
-    assert_eq!(h.history(replica, &s).len(), 6);
+    assert_eq!(count(&mut h), Some(4), "stored, not applied");
+    let now = h.now;
+    h.node(replica).handle(now, Input::Command(Command::SettleStored { max: LIST_SETTLES_MAX }));
+    assert_eq!(h.node(replica).counters().replica_settles, settles_before + 2);
+    assert_eq!(count(&mut h), Some(6), "current for the listing");
+
+    // A read applies what is stored at once.
+    let fourth = h.submit(0, &s, "the fourth", "k4");
+    h.run_for(300);
+    submitted(&h, fourth);
+    assert_eq!(h.history(replica, &s).len(), 8);
     assert_eq!(h.node(replica).heads_of(&s), h.node(owner).heads_of(&s));
 }
 

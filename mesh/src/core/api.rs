@@ -83,6 +83,11 @@ pub enum Command {
         topic: String,
         payload: Vec<u8>,
     },
+    /// Apply the pushes stored unapplied for the `max` sessions pushed to most recently, so that
+    /// their index entries (read next, e.g. for `sessions.list`) are current.
+    SettleStored {
+        max: usize,
+    },
 }
 
 /// What the runtime reports about turns the core started.

@@ -27,7 +27,7 @@ pub use api::{
 pub use ids::{Epoch, Generation, Member, NodeId, generation_for_start};
 pub use membership::SwimPreset;
 pub use node::{Node, NodeConfig, PlantedBugs, Timing};
-pub use replication::{AE_DEFERRALS_MAX, SYNC_FRUITLESS_ROUNDS_MAX};
+pub use replication::{AE_DEFERRALS_MAX, LIST_SETTLES_MAX, SYNC_FRUITLESS_ROUNDS_MAX};
 pub use storage::{Disk, DiskError};
 pub use timers::Timer;
 pub use turn::{RunRef, TurnEvent};

@@ -55,8 +55,10 @@ pub struct Timing {
     /// A sync exchange with no message for this long is considered finished or lost.
     pub sync_idle_ms: u64,
     /// A replica applies the pushes it stored without applying them at most this long after the
-    /// first of them (sooner when the session is read): its own session index (`sessions.list`
-    /// on this node) lags the writer by about this much.
+    /// first of them; sooner when the session is read, and before a listing of this node's
+    /// index for the [`super::replication::LIST_SETTLES_MAX`] sessions pushed to most recently
+    /// (`Command::SettleStored`). Longer batches cost less (one Automerge call per batch); the
+    /// stored index entry of a session no listing touched lags the writer by up to this much.
     pub replica_settle_ms: u64,
     /// A digest that disagrees about a session whose copy here changed within this long starts
     /// no sync: the changes in question are most likely still on their way (a push to or from
@@ -80,7 +82,7 @@ impl Default for Timing {
             reannounce_ms: 2_000,
             resume_grace_ms: 1_500,
             sync_idle_ms: 5_000,
-            replica_settle_ms: 2_000,
+            replica_settle_ms: 30_000,
             ae_recent_ms: 2_000,
         }
     }
@@ -437,6 +439,7 @@ impl<D: Disk> Node<D> {
             }
             Command::Drain { deadline } => self.begin_drain(deadline),
             Command::Broadcast { topic, payload } => self.broadcast(topic, payload),
+            Command::SettleStored { max } => self.settle_recent(max),
         }
     }
 

@@ -56,6 +56,11 @@ pub const DEFERRED_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes of pushes stored before applying, all sessions of the node together, at most.
 pub const DEFERRED_TOTAL_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Sessions whose stored pushes are applied before a listing of the node's index, most recently
+/// pushed first: the listing is current for the sessions that changed last, and its pause stays
+/// bounded (each is one Automerge call of at most [`DEFERRED_CHUNKS_MAX`] pushes).
+pub const LIST_SETTLES_MAX: usize = 64;
+
 /// Pushes of a session that this replica stored (they are on disk, or on their way with the
 /// acknowledgement behind them) but has not applied to its copy yet: applying costs an
 /// Automerge call per push, and a replica is read far less often than it is written, so it
@@ -69,6 +74,8 @@ pub(crate) struct StoredPushes {
     tracker: HeadsTracker,
     chunks: Vec<Chunk>,
     bytes: usize,
+    /// When the last of them was stored.
+    last_at: Millis,
 }
 
 /// A submit waiting for its write quorum.
@@ -315,6 +322,7 @@ impl<D: Disk> Node<D> {
         stored.tracker = tracker;
         stored.chunks.extend(chunks.iter().cloned());
         stored.bytes += bytes;
+        stored.last_at = self.now;
         self.unapplied_bytes += bytes;
         let heads = stored.tracker.digest();
         self.counters.pushes_stored_unapplied += 1;
@@ -351,6 +359,19 @@ impl<D: Disk> Node<D> {
                 self.docs.remove(session);
             }
             None => {}
+        }
+    }
+
+    /// Settles the `max` sessions with stored pushes that received one most recently.
+    pub(crate) fn settle_recent(&mut self, max: usize) {
+        let mut recent: Vec<(Millis, SessionKey)> =
+            self.unapplied.iter().map(|(k, s)| (s.last_at, k.clone())).collect();
+        if recent.len() > max {
+            recent.select_nth_unstable_by(max, |a, b| b.cmp(a));
+            recent.truncate(max);
+        }
+        for (_, session) in recent {
+            self.settle(&session);
         }
     }
 

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 
 use crate::core::storage::WriteOp;
 use crate::core::{
-    AbortReason, BatchId, Command, Effect, Event, Input, Millis, Node, NodeConfig, NodeId,
-    NodeStatus, RequestBody, RequestError, Response, RunRef, SwimPreset, Timer, Timing, TurnInput,
-    generation_for_start,
+    AbortReason, BatchId, Command, Effect, Event, Input, LIST_SETTLES_MAX, Millis, Node,
+    NodeConfig, NodeId, NodeStatus, RequestBody, RequestError, Response, RunRef, SwimPreset, Timer,
+    Timing, TurnInput, generation_for_start,
 };
 
 pub use identity::load_or_create_node_key;
@@ -498,6 +498,9 @@ impl CoreTask {
                 let _ = reply.send(self.node.check_epoch(&session, term));
             }
             CoreMsg::Sessions(reply) => {
+                // Replicas apply pushes in batches: bring the sessions that changed last up to
+                // date first (the rest lag by at most `Timing::replica_settle_ms`).
+                self.handle(Input::Command(Command::SettleStored { max: LIST_SETTLES_MAX }));
                 let list = self.node.index_entries().map(|(k, e)| (k.clone(), e.clone())).collect();
                 let _ = reply.send(list);
             }
