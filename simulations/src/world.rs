@@ -1458,7 +1458,12 @@ impl World {
             let mut unreadable = Vec::new();
             let mut somewhere = false;
             for (j, s) in self.slots.iter().enumerate().filter(|(j, _)| *j != stopped) {
-                match s.durable.borrow_mut().has_message(&session, &id) {
+                let mut durable = s.durable.borrow_mut();
+                // No durable change there ever wrote it: nothing to load to know it is absent.
+                if durable.recorded(&session, &id) == Some(false) {
+                    continue;
+                }
+                match durable.has_message(&session, &id) {
                     Ok(true) => {
                         somewhere = true;
                         break;
