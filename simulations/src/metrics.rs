@@ -27,9 +27,11 @@ pub struct RunReport {
     /// Pushes replicas stored before applying, and the batches they applied them in.
     pub pushes_stored_unapplied: u64,
     pub replica_settles: u64,
-    /// Sync messages sent, and exchanges ended because they stopped making progress.
+    /// Sync messages sent, exchanges ended because they stopped making progress, and exchanges
+    /// ended on finding both copies level.
     pub sync_rounds: u64,
     pub sync_exchanges_stalled: u64,
+    pub sync_exchanges_level: u64,
     /// Datagrams and frames delivered.
     pub network_messages: u64,
     pub events: u64,
@@ -73,6 +75,7 @@ pub struct Summary {
     /// exchange that never ends shows itself.
     pub sync_rounds_max: Option<(u64, u64)>,
     pub sync_exchanges_stalled: u64,
+    pub sync_exchanges_level: u64,
     pub network_messages: u64,
     pub events: u64,
     pub virtual_ms: u64,
@@ -103,6 +106,7 @@ impl Summary {
             self.sync_rounds_max = Some((r.seed, r.sync_rounds));
         }
         self.sync_exchanges_stalled += r.sync_exchanges_stalled;
+        self.sync_exchanges_level += r.sync_exchanges_level;
         self.network_messages += r.network_messages;
         self.events += r.events;
         self.virtual_ms += r.virtual_ms;
@@ -149,13 +153,14 @@ impl Summary {
                 format!("{} / {}", self.pushes_stored_unapplied, self.replica_settles),
             ),
             (
-                "sync messages / stuck exchanges ended",
+                "sync messages / exchanges stuck / level",
                 format!(
-                    "{} ({}) / {}",
+                    "{} ({}) / {} / {}",
                     self.sync_rounds,
                     self.sync_rounds_max
                         .map_or_else(|| "-".into(), |(seed, n)| format!("most: {n}, seed {seed}")),
-                    self.sync_exchanges_stalled
+                    self.sync_exchanges_stalled,
+                    self.sync_exchanges_level
                 ),
             ),
             ("simulated messages / s (wall)", per_sec(self.network_messages)),

@@ -455,6 +455,7 @@ impl World {
             replica_settles: counters.replica_settles,
             sync_rounds: counters.sync_rounds,
             sync_exchanges_stalled: counters.sync_exchanges_stalled,
+            sync_exchanges_level: counters.sync_exchanges_level,
             network_messages: self.delivered,
             events: self.events,
             virtual_ms: self.now / US_PER_MS,
@@ -1885,6 +1886,7 @@ fn add_counters(total: &mut Counters, c: &Counters) {
     total.step_downs += c.step_downs;
     total.sync_rounds += c.sync_rounds;
     total.sync_exchanges_stalled += c.sync_exchanges_stalled;
+    total.sync_exchanges_level += c.sync_exchanges_level;
 }
 
 fn short_result(r: &Result<Response, RequestError>) -> String {
