@@ -26,6 +26,10 @@ pub const WORKLOAD_END_MS: u64 = 36_000;
 pub const READ_PER_MILLE: u64 = 150;
 /// Messages a read asks for.
 pub const READ_LIMIT: usize = 50;
+/// A client lists a node's sessions this often per new message, per thousand: the node first
+/// applies the pushes it stored for the sessions pushed to most recently
+/// (`Command::SettleStored`, what `sessions.list` sends).
+pub const LIST_PER_MILLE: u64 = 100;
 /// A client gives up waiting for an answer after this long and retries, in milliseconds
 /// (the core answers within `request_attempts_max * request_attempt_ms`, 10 s by default).
 pub const CLIENT_TIMEOUT_MS: u64 = 15_000;
@@ -85,6 +89,7 @@ pub struct WorkloadStats {
     pub acked: u64,
     pub errors: u64,
     pub reads: u64,
+    pub lists: u64,
 }
 
 pub struct Workload {
@@ -94,6 +99,8 @@ pub struct Workload {
     by_message_id: BTreeMap<String, usize>,
     pending: BTreeMap<ReqId, Req>,
     next_req: ReqId,
+    /// Nodes whose session listing a client read since the world last took them.
+    lists: Vec<usize>,
     pub stats: WorkloadStats,
 }
 
@@ -109,8 +116,14 @@ impl Workload {
             by_message_id: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_req: 1,
+            lists: Vec::new(),
             stats: WorkloadStats::default(),
         }
+    }
+
+    /// The nodes whose session listing a client read since the last call.
+    pub fn take_lists(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.lists)
     }
 
     pub fn sessions(&self) -> &[SessionKey] {
@@ -149,6 +162,11 @@ impl Workload {
             self.stats.reads += 1;
             let body = RequestBody::Read { limit: READ_LIMIT, before: None };
             out.push(Send { node, req, command: Command::Request { req, session, body } });
+        }
+        if between(&mut self.rng, 0, 999) < LIST_PER_MILLE && !live.is_empty() {
+            let (node, _) = live[index(&mut self.rng, live.len())];
+            self.stats.lists += 1;
+            self.lists.push(node);
         }
         let next = now
             + between(&mut self.rng, MESSAGE_INTERVAL_MS_MIN, MESSAGE_INTERVAL_MS_MAX) * US_PER_MS;

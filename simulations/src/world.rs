@@ -19,8 +19,8 @@ use beamclaw_mesh::core::placement::{self, REPLICATION_FACTOR_DEFAULT};
 use beamclaw_mesh::core::requests::PENDING_REQUESTS_MAX;
 use beamclaw_mesh::core::wire::Msg;
 use beamclaw_mesh::core::{
-    BatchId, Command, Counters, Effect, Epoch, Event, Input, Node, NodeConfig, NodeId, ReqId,
-    RequestError, Response, Timer, TurnInput, generation_for_start,
+    BatchId, Command, Counters, Effect, Epoch, Event, Input, LIST_SETTLES_MAX, Node, NodeConfig,
+    NodeId, ReqId, RequestError, Response, Timer, TurnInput, generation_for_start,
 };
 
 use crate::checker::{Checker, Invariant, SideEffect, first_duplicate};
@@ -1165,8 +1165,13 @@ impl World {
         let live = self.client_nodes();
         let Some(w) = self.workload.as_mut() else { return };
         let (sends, next) = w.next(self.now, &live);
+        let lists = w.take_lists();
         for send in sends {
             self.client_send(send);
+        }
+        for node in lists {
+            self.trace.line(self.now, || format!("client lists the sessions of n{node}"));
+            self.feed(node, Input::Command(Command::SettleStored { max: LIST_SETTLES_MAX }));
         }
         if let Some(at) = next {
             self.push(at, Ev::ClientNext);
