@@ -3,7 +3,7 @@
 mod support;
 
 use beamclaw_crdt::doc::{PeerSyncState, SyncMessage};
-use beamclaw_crdt::{Message, SessionDoc, WriteOp, writer_actor};
+use beamclaw_crdt::{Message, SessionDoc, SessionKey, WriteOp, writer_actor};
 use beamclaw_mesh::core::NodeId;
 use beamclaw_mesh::core::wire::{self, Envelope, FRAME_BYTES_MAX, Msg, PROTOCOL_VERSION};
 use beamclaw_mesh::core::{
@@ -70,6 +70,29 @@ fn replies_in(effects: &[Effect], peer: NodeId) -> Vec<Option<SyncMessage>> {
             _ => None,
         })
         .collect()
+}
+
+/// Two joined nodes and session `name` after one acknowledged exchange submitted through node
+/// 0, `wait_ms` after the submit.
+fn two_nodes_after_one_exchange(name: &str, wait_ms: u64) -> (Harness, SessionKey) {
+    let mut h = Harness::new(2);
+    h.run_for(3_000);
+    let s = key(name);
+    let first = h.submit(0, &s, "first", "k1");
+    h.run_for(wait_ms);
+    submitted(&h, first);
+    (h, s)
+}
+
+/// A copy of `session` loaded from node `i`'s disk, written to as a peer would.
+fn copy_from_disk(h: &Harness, i: usize, session: &SessionKey) -> SessionDoc {
+    let Some(chunks) = h.disks[i].0.borrow().chunks.get(session).cloned() else {
+        panic!("node {i} has no chunks of {session}")
+    };
+    match SessionDoc::load(session, &writer_actor("peer", 1), chunks) {
+        Ok(doc) => doc,
+        Err(e) => panic!("node {i}'s copy of {session} does not load: {e}"),
+    }
 }
 
 #[test]
@@ -304,16 +327,8 @@ fn a_replica_applies_stored_pushes_in_one_batch_later_or_when_read() {
 fn a_sync_exchange_that_changes_nothing_is_ended() {
     use beamclaw_mesh::core::SYNC_FRUITLESS_ROUNDS_MAX;
 
-    let mut h = Harness::new(2);
-    h.run_for(3_000);
-    let s = key("stuck");
-    let first = h.submit(0, &s, "first", "k1");
-    h.run_for(1_000);
-    submitted(&h, first);
-    let chunks = h.disks[1].0.borrow().chunks.get(&s).cloned().unwrap();
-    let mut behind =
-        beamclaw_crdt::SessionDoc::load(&s, &beamclaw_crdt::writer_actor("peer", 1), chunks)
-            .unwrap();
+    let (mut h, s) = two_nodes_after_one_exchange("stuck", 1_000);
+    let mut behind = copy_from_disk(&h, 1, &s);
     let second = h.submit(0, &s, "second", "k2");
     h.run_for(1_000);
     submitted(&h, second);
@@ -343,12 +358,7 @@ fn a_digest_mismatch_right_after_a_change_is_repaired_later() {
     use beamclaw_mesh::core::AE_DEFERRALS_MAX;
     use beamclaw_mesh::core::wire::DigestEntry;
 
-    let mut h = Harness::new(2);
-    h.run_for(3_000);
-    let s = key("recent");
-    let first = h.submit(0, &s, "first", "k1");
-    h.run_for(3_000);
-    submitted(&h, first);
+    let (mut h, s) = two_nodes_after_one_exchange("recent", 3_000);
     let owner = owner_index(&mut h, &s);
     let other = 1 - owner;
     let old = h.node(owner).heads_of(&s).unwrap();
@@ -383,15 +393,9 @@ fn a_digest_mismatch_right_after_a_change_is_repaired_later() {
 /// that brings the receiver level ends the same way, without a last round to learn it.
 #[test]
 fn a_sync_between_level_copies_ends_after_one_message_each_way() {
-    let mut h = Harness::new(2);
-    h.run_for(3_000);
-    let s = key("level");
-    let first = h.submit(0, &s, "first", "k1");
-    h.run_for(3_000);
-    submitted(&h, first);
+    let (mut h, s) = two_nodes_after_one_exchange("level", 3_000);
     assert_eq!(h.node(0).heads_of(&s), h.node(1).heads_of(&s), "both copies are level");
-    let chunks = h.disks[1].0.borrow().chunks.get(&s).cloned().unwrap();
-    let mut copy = SessionDoc::load(&s, &writer_actor("peer", 1), chunks).unwrap();
+    let mut copy = copy_from_disk(&h, 1, &s);
     let level = h.node(0).counters().sync_exchanges_level;
     let sync = |copy: &mut SessionDoc, state: &mut PeerSyncState| {
         let message = copy.generate_sync_message(state).unwrap();

@@ -92,6 +92,15 @@ pub struct WorkloadStats {
     pub lists: u64,
 }
 
+/// What the clients do at one step of the workload.
+pub struct ClientStep {
+    pub sends: Vec<Send>,
+    /// Nodes whose sessions a client lists (the world sends them `Command::SettleStored`).
+    pub lists: Vec<usize>,
+    /// When the next message is due (`None` once the workload has ended).
+    pub next: Option<Micros>,
+}
+
 pub struct Workload {
     rng: SimRng,
     sessions: Vec<SessionKey>,
@@ -99,8 +108,6 @@ pub struct Workload {
     by_message_id: BTreeMap<String, usize>,
     pending: BTreeMap<ReqId, Req>,
     next_req: ReqId,
-    /// Nodes whose session listing a client read since the world last took them.
-    lists: Vec<usize>,
     pub stats: WorkloadStats,
 }
 
@@ -116,14 +123,8 @@ impl Workload {
             by_message_id: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_req: 1,
-            lists: Vec::new(),
             stats: WorkloadStats::default(),
         }
-    }
-
-    /// The nodes whose session listing a client read since the last call.
-    pub fn take_lists(&mut self) -> Vec<usize> {
-        std::mem::take(&mut self.lists)
     }
 
     pub fn sessions(&self) -> &[SessionKey] {
@@ -135,10 +136,10 @@ impl Workload {
         WORKLOAD_START_MS * US_PER_MS
     }
 
-    /// A new user message (and maybe a read) to random live nodes; returns the sends and when
-    /// the next message is due (`None` once the workload has ended).
-    pub fn next(&mut self, now: Micros, live: &[(usize, u64)]) -> (Vec<Send>, Option<Micros>) {
+    /// A new user message (and maybe a read and a listing) to random live nodes.
+    pub fn next(&mut self, now: Micros, live: &[(usize, u64)]) -> ClientStep {
         let mut out = Vec::new();
+        let mut lists = Vec::new();
         let session = self.sessions[index(&mut self.rng, self.sessions.len())].clone();
         let n = self.messages.len();
         let idempotency_key = format!("m{n}");
@@ -166,11 +167,11 @@ impl Workload {
         if between(&mut self.rng, 0, 999) < LIST_PER_MILLE && !live.is_empty() {
             let (node, _) = live[index(&mut self.rng, live.len())];
             self.stats.lists += 1;
-            self.lists.push(node);
+            lists.push(node);
         }
         let next = now
             + between(&mut self.rng, MESSAGE_INTERVAL_MS_MIN, MESSAGE_INTERVAL_MS_MAX) * US_PER_MS;
-        (out, (next < WORKLOAD_END_MS * US_PER_MS).then_some(next))
+        ClientStep { sends: out, lists, next: (next < WORKLOAD_END_MS * US_PER_MS).then_some(next) }
     }
 
     fn new_req(&mut self, node: usize, inst: u64, kind: ReqKind) -> ReqId {

@@ -33,7 +33,7 @@ use crate::net::{Loss, LossRates, Network};
 use crate::rng::{SimRng, Stream, between, bytes32, stream};
 use crate::runtime::{self, RUNTIME_NOTICE_US_MAX, Runtime, Step, WALL_CLOCK_BASE_MS};
 use crate::trace::Trace;
-use crate::workload::{CLIENT_TIMEOUT_MS, Outcome, Send, Workload};
+use crate::workload::{CLIENT_TIMEOUT_MS, ClientStep, Outcome, Send, Workload};
 
 /// Length of a run, in milliseconds of virtual time (extended when faults end late).
 pub const RUN_MS_DEFAULT: u64 = 60_000;
@@ -1164,8 +1164,7 @@ impl World {
     fn client_next(&mut self) {
         let live = self.client_nodes();
         let Some(w) = self.workload.as_mut() else { return };
-        let (sends, next) = w.next(self.now, &live);
-        let lists = w.take_lists();
+        let ClientStep { sends, lists, next } = w.next(self.now, &live);
         for send in sends {
             self.client_send(send);
         }

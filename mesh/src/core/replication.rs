@@ -576,14 +576,20 @@ impl<D: Disk> Node<D> {
                     .ok()
             })
             .flatten();
-        let heads = self.sessions.get(session).map(|s| s.heads).unwrap_or_default();
-        let epoch = self.sessions.get(session).and_then(|s| s.epoch);
         if message.is_none() && !report {
             // Both sides have nothing more to say.
             return self.persist_sync_state(peer, session, &x.state);
         }
         x.last = self.now;
         self.sync.exchanges.insert(key, x);
+        self.send_sync(peer, session, message);
+    }
+
+    /// Sends `peer` a sync message about `session`, with our heads digest and owner record.
+    fn send_sync(&mut self, peer: NodeId, session: &SessionKey, message: Option<SyncMessage>) {
+        let state = self.sessions.get(session);
+        let heads = state.map(|s| s.heads).unwrap_or_default();
+        let epoch = state.and_then(|s| s.epoch);
         self.counters.sync_rounds += 1;
         self.send(peer, Msg::Sync { session: session.clone(), message, heads, epoch });
     }
@@ -686,11 +692,7 @@ impl<D: Disk> Node<D> {
             }
         }
         if answer {
-            let state = self.sessions.get(session);
-            let (heads, epoch) =
-                (state.map(|s| s.heads).unwrap_or_default(), state.and_then(|s| s.epoch));
-            self.counters.sync_rounds += 1;
-            self.send(peer, Msg::Sync { session: session.clone(), message: None, heads, epoch });
+            self.send_sync(peer, session, None);
         }
     }
 }
